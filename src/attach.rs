@@ -1,0 +1,256 @@
+//! Sanity and negative ABI checks of /dev/vhost-net-kernel and /dev/vktest,
+//! one KTAP test point each.
+
+use std::os::fd::{AsFd, AsRawFd};
+
+use anyhow::{bail, Result};
+use nix::errno::Errno;
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+use crate::errno_of;
+use crate::ioctl::{VhostVringAddr, VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1};
+use crate::ktap::Outcome;
+use crate::tap::{Tap, TAP_TEMPLATE};
+use crate::vhost::{node_exists, VhostNetKernel, RX_QUEUE, TX_QUEUE, VHOST_NET_PATH};
+use crate::vktest::Vktest;
+
+/// The attach test points, in KTAP order.
+pub const ATTACH_TESTS: &[&str] = &[
+    "attach_once",
+    "attach_same_vhost_twice_ebusy",
+    "vhost_set_features_after_attach_eperm",
+    "vhost_set_vring_kick_after_attach_eperm",
+    "vktest_already_attached_ebusy",
+    "refused_set_vring_num_eperm",
+    "refused_set_vring_addr_eperm",
+    "refused_set_vring_base_eperm",
+    "refused_set_vring_endian_eperm",
+    "refused_set_mem_table_eperm",
+    "refused_set_log_base_eperm",
+    "refused_set_log_fd_eperm",
+    "vktest_kick_index2_einval",
+    "vktest_call_index2_einval",
+    "vktest_kick_index_large_einval",
+    "vktest_call_index_large_einval",
+    "attach_without_kick_call_einval",
+    "attach_missing_one_call_einval",
+    "attach_without_access_platform_einval",
+    "attach_plain_vhost_net_einval",
+    "attach_eventfd_einval",
+    "attach_closed_fd_ebadf",
+];
+
+/// The four eventfds: kick0, call0, kick1, call1.
+pub struct Eventfds {
+    pub kick: [EventFd; 2],
+    pub call: [EventFd; 2],
+}
+
+impl Eventfds {
+    pub fn new() -> Result<Self> {
+        let e = || -> Result<EventFd> {
+            EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC)
+                .map_err(|e| anyhow::Error::new(e).context("eventfd(0, EFD_CLOEXEC)"))
+        };
+        Ok(Eventfds { kick: [e()?, e()?], call: [e()?, e()?] })
+    }
+}
+
+/// Everything the RFC's --serve flow sets up before attaching.
+pub struct Rig {
+    pub vhost: VhostNetKernel,
+    pub vktest: Vktest,
+    pub tap: Tap,
+    pub efds: Eventfds,
+}
+
+/// Open a vhost-net-kernel, SET_OWNER, wire `efds` to it, set features.
+pub fn configured_vhost(efds: &Eventfds, features: u64) -> Result<VhostNetKernel> {
+    let vhost = VhostNetKernel::open()?;
+    vhost.set_owner()?;
+    for q in [RX_QUEUE, TX_QUEUE] {
+        vhost.set_vring_kick(q, efds.kick[q as usize].as_fd())?;
+        vhost.set_vring_call(q, efds.call[q as usize].as_fd())?;
+    }
+    vhost.set_features(features)?;
+    Ok(vhost)
+}
+
+/// Open a vktest and wire `efds` to it (`call_q1 = false` leaves queue 1's call unset).
+pub fn configured_vktest(efds: &Eventfds, call_q1: bool) -> Result<Vktest> {
+    let vk = Vktest::open()?;
+    for q in [RX_QUEUE, TX_QUEUE] {
+        vk.set_vring_kick(q, efds.kick[q as usize].as_fd())?;
+        if q == RX_QUEUE || call_q1 {
+            vk.set_vring_call(q, efds.call[q as usize].as_fd())?;
+        }
+    }
+    Ok(vk)
+}
+
+impl Rig {
+    /// The serve flow up to (not including) VKTEST_ATTACH_VHOST.
+    /// `vhost_hdr`: negotiate VHOST_NET_F_VIRTIO_NET_HDR and use a TAP
+    /// without IFF_VNET_HDR (vhost adds/strips the header itself).
+    pub fn prepare(vhost_hdr: bool) -> Result<Self> {
+        let efds = Eventfds::new()?;
+        let vhost = VhostNetKernel::open()?;
+        let vktest = Vktest::open()?;
+        vhost.set_owner()?;
+        for q in [RX_QUEUE, TX_QUEUE] {
+            let i = q as usize;
+            vhost.set_vring_kick(q, efds.kick[i].as_fd())?;
+            vktest.set_vring_kick(q, efds.kick[i].as_fd())?;
+            vhost.set_vring_call(q, efds.call[i].as_fd())?;
+            vktest.set_vring_call(q, efds.call[i].as_fd())?;
+        }
+        let mut features = VIRTIO_F_VERSION_1 | VIRTIO_F_ACCESS_PLATFORM;
+        if vhost_hdr {
+            features |= crate::ioctl::VHOST_NET_F_VIRTIO_NET_HDR;
+        }
+        vhost.set_features(features)?;
+        let tap = if vhost_hdr { Tap::create(TAP_TEMPLATE, false)? } else { Tap::create_vhost_backend(TAP_TEMPLATE)? };
+        for q in [RX_QUEUE, TX_QUEUE] {
+            vhost.set_backend(q, tap.as_fd())?;
+        }
+        Ok(Rig { vhost, vktest, tap, efds })
+    }
+
+    pub fn attach(&self) -> Result<()> {
+        self.vktest.attach_vhost(self.vhost.as_fd())
+    }
+}
+
+/// Ok if `res` failed with `want`; otherwise an error saying what happened.
+pub fn expect_errno(res: Result<()>, want: Errno, what: &str) -> Result<()> {
+    match res {
+        Ok(()) => bail!("{what} succeeded, expected {want}"),
+        Err(e) => match errno_of(&e) {
+            Some(got) if got == want => Ok(()),
+            Some(got) => bail!("{what} failed with {got}, expected {want} ({e:#})"),
+            None => Err(e.context(format!("{what}: expected {want}"))),
+        },
+    }
+}
+
+const FEATURES: u64 = VIRTIO_F_VERSION_1 | VIRTIO_F_ACCESS_PLATFORM;
+
+fn owned_vhost() -> Result<VhostNetKernel> {
+    let v = VhostNetKernel::open()?;
+    v.set_owner()?;
+    Ok(v)
+}
+
+/// Run one attach test point by name.
+pub fn run_attach_test(name: &str) -> Result<Outcome> {
+    match name {
+        "attach_once" => {
+            let rig = Rig::prepare(false)?;
+            rig.attach()?;
+        }
+        "attach_same_vhost_twice_ebusy" => {
+            let rig = Rig::prepare(false)?;
+            rig.attach()?;
+            let vk2 = configured_vktest(&rig.efds, true)?;
+            expect_errno(vk2.attach_vhost(rig.vhost.as_fd()), Errno::EBUSY, "second vktest attaching the same vhost")?;
+        }
+        "vhost_set_features_after_attach_eperm" => {
+            let rig = Rig::prepare(false)?;
+            rig.attach()?;
+            expect_errno(rig.vhost.set_features(FEATURES), Errno::EPERM, "VHOST_SET_FEATURES after attach")?;
+        }
+        "vhost_set_vring_kick_after_attach_eperm" => {
+            let rig = Rig::prepare(false)?;
+            rig.attach()?;
+            expect_errno(
+                rig.vhost.set_vring_kick(RX_QUEUE, rig.efds.kick[0].as_fd()),
+                Errno::EPERM,
+                "VHOST_SET_VRING_KICK after attach",
+            )?;
+        }
+        "vktest_already_attached_ebusy" => {
+            let rig = Rig::prepare(false)?;
+            rig.attach()?;
+            let efds = Eventfds::new()?;
+            let other = configured_vhost(&efds, FEATURES)?;
+            expect_errno(rig.vktest.attach_vhost(other.as_fd()), Errno::EBUSY, "attaching a second vhost to a vktest")?;
+        }
+        "refused_set_vring_num_eperm" => {
+            expect_errno(owned_vhost()?.set_vring_num(0, 256), Errno::EPERM, "VHOST_SET_VRING_NUM")?
+        }
+        "refused_set_vring_addr_eperm" => {
+            let addr = VhostVringAddr::default();
+            expect_errno(owned_vhost()?.set_vring_addr(&addr), Errno::EPERM, "VHOST_SET_VRING_ADDR")?
+        }
+        "refused_set_vring_base_eperm" => {
+            expect_errno(owned_vhost()?.set_vring_base(0, 0), Errno::EPERM, "VHOST_SET_VRING_BASE")?
+        }
+        "refused_set_vring_endian_eperm" => {
+            expect_errno(owned_vhost()?.set_vring_endian(0, false), Errno::EPERM, "VHOST_SET_VRING_ENDIAN")?
+        }
+        "refused_set_mem_table_eperm" => {
+            expect_errno(owned_vhost()?.set_mem_table_empty(), Errno::EPERM, "VHOST_SET_MEM_TABLE")?
+        }
+        "refused_set_log_base_eperm" => {
+            expect_errno(owned_vhost()?.set_log_base(0), Errno::EPERM, "VHOST_SET_LOG_BASE")?
+        }
+        "refused_set_log_fd_eperm" => expect_errno(owned_vhost()?.set_log_fd(-1), Errno::EPERM, "VHOST_SET_LOG_FD")?,
+        "vktest_kick_index2_einval"
+        | "vktest_call_index2_einval"
+        | "vktest_kick_index_large_einval"
+        | "vktest_call_index_large_einval" => {
+            let efd = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC)?;
+            let vk = Vktest::open()?;
+            let index = if name.contains("large") { u32::MAX } else { 2 };
+            let res = if name.contains("kick") {
+                vk.set_vring_kick(index, efd.as_fd())
+            } else {
+                vk.set_vring_call(index, efd.as_fd())
+            };
+            expect_errno(res, Errno::EINVAL, &format!("vktest {name} index {index}"))?;
+        }
+        "attach_without_kick_call_einval" => {
+            let efds = Eventfds::new()?;
+            let vhost = configured_vhost(&efds, FEATURES)?;
+            let vk = Vktest::open()?;
+            expect_errno(vk.attach_vhost(vhost.as_fd()), Errno::EINVAL, "attach without kick/call eventfds")?;
+        }
+        "attach_missing_one_call_einval" => {
+            let efds = Eventfds::new()?;
+            let vhost = configured_vhost(&efds, FEATURES)?;
+            let vk = configured_vktest(&efds, false)?;
+            expect_errno(vk.attach_vhost(vhost.as_fd()), Errno::EINVAL, "attach without queue 1 call eventfd")?;
+        }
+        "attach_without_access_platform_einval" => {
+            let efds = Eventfds::new()?;
+            let vhost = configured_vhost(&efds, VIRTIO_F_VERSION_1)?;
+            let vk = configured_vktest(&efds, true)?;
+            expect_errno(vk.attach_vhost(vhost.as_fd()), Errno::EINVAL, "attach without VIRTIO_F_ACCESS_PLATFORM")?;
+        }
+        "attach_plain_vhost_net_einval" => {
+            if !node_exists(VHOST_NET_PATH) {
+                return Ok(Outcome::Skip(format!("{VHOST_NET_PATH} missing (CONFIG_VHOST_NET)")));
+            }
+            let efds = Eventfds::new()?;
+            let plain = VhostNetKernel::open_plain()?;
+            plain.set_owner()?;
+            let vk = configured_vktest(&efds, true)?;
+            expect_errno(vk.attach_vhost(plain.as_fd()), Errno::EINVAL, "attach of a plain /dev/vhost-net fd")?;
+        }
+        "attach_eventfd_einval" => {
+            let efds = Eventfds::new()?;
+            let vk = configured_vktest(&efds, true)?;
+            expect_errno(vk.attach_vhost(efds.kick[0].as_fd()), Errno::EINVAL, "attach of an eventfd")?;
+        }
+        "attach_closed_fd_ebadf" => {
+            let efds = Eventfds::new()?;
+            let vk = configured_vktest(&efds, true)?;
+            let tmp = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC)?;
+            let closed = tmp.as_fd().as_raw_fd();
+            drop(tmp);
+            expect_errno(vk.attach_raw(closed), Errno::EBADF, &format!("attach of closed fd {closed}"))?;
+        }
+        other => bail!("unknown attach test {other}"),
+    }
+    Ok(Outcome::Pass)
+}

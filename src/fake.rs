@@ -1,0 +1,111 @@
+//! `--fake-device`: a stand-in for vhost-net-kernel + vktest made of two
+//! TAPs bridged in user space. It tests the harness itself (serve protocol,
+//! namespaces, addresses, traffic, floods, signals, cleanup) on any kernel;
+//! it says nothing about the kernel feature.
+//!
+//! Like the real pair, both interfaces vanish when the serving process
+//! exits, and "closing vktest" (SIGUSR1) removes only the g2h interface.
+
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use anyhow::{anyhow, Context, Result};
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+use crate::tap::{Tap, TAP_TEMPLATE};
+
+/// Name template of the fake guest-side interface.
+pub const FAKE_G2H_TEMPLATE: &str = "vkfake%d";
+
+const CMD_CLOSE_G2H: u64 = 1;
+const CMD_STOP: u64 = 2;
+
+pub struct FakePair {
+    pub h2g: String,
+    pub g2h: String,
+    cmd: Arc<EventFd>,
+    thread: Option<JoinHandle<Result<()>>>,
+}
+
+impl FakePair {
+    pub fn start() -> Result<Self> {
+        let h2g = Tap::create(TAP_TEMPLATE, false)?;
+        let g2h = Tap::create(FAKE_G2H_TEMPLATE, false)?;
+        let cmd = Arc::new(EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC).context("eventfd")?);
+        let (h2g_name, g2h_name) = (h2g.name().to_string(), g2h.name().to_string());
+        let c = cmd.clone();
+        let thread = std::thread::Builder::new()
+            .name("fake-bridge".into())
+            .spawn(move || bridge(h2g, Some(g2h), &c))
+            .context("spawn fake bridge thread")?;
+        Ok(FakePair { h2g: h2g_name, g2h: g2h_name, cmd, thread: Some(thread) })
+    }
+
+    /// What closing /dev/vktest does to the real pair: g2h goes away.
+    pub fn close_g2h(&self) -> Result<()> {
+        self.cmd.write(CMD_CLOSE_G2H).context("signal fake bridge")?;
+        Ok(())
+    }
+
+    /// Remove both interfaces.
+    pub fn stop(mut self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        let Some(t) = self.thread.take() else { return Ok(()) };
+        self.cmd.write(CMD_STOP).context("signal fake bridge")?;
+        t.join().map_err(|_| anyhow!("fake bridge thread panicked"))?
+    }
+}
+
+impl Drop for FakePair {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+/// Copy frames between the TAPs until told to stop; drop g2h when told to.
+fn bridge(h2g: Tap, mut g2h: Option<Tap>, cmd: &EventFd) -> Result<()> {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (cmd_ready, h_ready, g_ready) = {
+            let mut fds =
+                vec![PollFd::new(cmd.as_fd(), PollFlags::POLLIN), PollFd::new(h2g.as_fd(), PollFlags::POLLIN)];
+            if let Some(g) = &g2h {
+                fds.push(PollFd::new(g.as_fd(), PollFlags::POLLIN));
+            }
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e).context("poll fake bridge fds"),
+            }
+            let ready = |i: usize| fds.get(i).and_then(|f| f.revents()).is_some_and(|r| r.contains(PollFlags::POLLIN));
+            (ready(0), ready(1), ready(2))
+        };
+        if cmd_ready {
+            let v = cmd.read().context("read fake bridge command")?;
+            if v & CMD_STOP != 0 {
+                return Ok(());
+            }
+            if v & CMD_CLOSE_G2H != 0 {
+                g2h = None;
+            }
+        }
+        if h_ready {
+            let n = h2g.read_frame(&mut buf).context("read h2g tap")?;
+            if let Some(g) = &g2h {
+                let _ = g.write_frame(&buf[..n]);
+            }
+        }
+        if g_ready {
+            if let Some(g) = &g2h {
+                let n = g.read_frame(&mut buf).context("read g2h tap")?;
+                let _ = h2g.write_frame(&buf[..n]);
+            }
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! Every ioctl number the harness uses, defined once, computed with the
+//! `_IOC` arithmetic of `include/uapi/asm-generic/ioctl.h`, plus the uapi
+//! structs they carry and three tiny wrappers around `libc::ioctl`.
+
+use std::mem::size_of;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use nix::errno::Errno;
+
+const IOC_NRBITS: u32 = 8;
+const IOC_TYPEBITS: u32 = 8;
+const IOC_SIZEBITS: u32 = 14;
+const IOC_NRSHIFT: u32 = 0;
+const IOC_TYPESHIFT: u32 = IOC_NRSHIFT + IOC_NRBITS;
+const IOC_SIZESHIFT: u32 = IOC_TYPESHIFT + IOC_TYPEBITS;
+const IOC_DIRSHIFT: u32 = IOC_SIZESHIFT + IOC_SIZEBITS;
+const IOC_NONE: u32 = 0;
+const IOC_WRITE: u32 = 1;
+const IOC_READ: u32 = 2;
+
+/// `_IOC(dir, type, nr, size)`.
+pub const fn ioc(dir: u32, ty: u32, nr: u32, size: usize) -> u32 {
+    (dir << IOC_DIRSHIFT) | (ty << IOC_TYPESHIFT) | (nr << IOC_NRSHIFT) | ((size as u32) << IOC_SIZESHIFT)
+}
+/// `_IO(type, nr)`.
+pub const fn io(ty: u32, nr: u32) -> u32 {
+    ioc(IOC_NONE, ty, nr, 0)
+}
+/// `_IOW(type, nr, T)`.
+pub const fn iow<T>(ty: u32, nr: u32) -> u32 {
+    ioc(IOC_WRITE, ty, nr, size_of::<T>())
+}
+/// `_IOR(type, nr, T)`.
+pub const fn ior<T>(ty: u32, nr: u32) -> u32 {
+    ioc(IOC_READ, ty, nr, size_of::<T>())
+}
+
+/// `struct vhost_vring_state` (linux/vhost_types.h).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct VhostVringState {
+    pub index: u32,
+    pub num: u32,
+}
+
+/// `struct vhost_vring_file` (linux/vhost_types.h).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct VhostVringFile {
+    pub index: u32,
+    pub fd: i32,
+}
+
+/// `struct vhost_vring_addr` (linux/vhost_types.h).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct VhostVringAddr {
+    pub index: u32,
+    pub flags: u32,
+    pub desc_user_addr: u64,
+    pub used_user_addr: u64,
+    pub avail_user_addr: u64,
+    pub log_guest_addr: u64,
+}
+
+/// `struct vhost_memory` header (the region array is a flexible member, so
+/// `sizeof` — and the ioctl size field — covers only these 8 bytes).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct VhostMemory {
+    pub nregions: u32,
+    pub padding: u32,
+}
+
+/// `struct ifreq` as far as TUNSETIFF needs it (name + flags, padded to 40 bytes).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct IfReq {
+    pub name: [u8; libc::IFNAMSIZ],
+    pub flags: libc::c_short,
+    pub _pad: [u8; 22],
+}
+
+impl Default for IfReq {
+    fn default() -> Self {
+        IfReq { name: [0; libc::IFNAMSIZ], flags: 0, _pad: [0; 22] }
+    }
+}
+
+/// vhost ioctl type (linux/vhost.h).
+pub const VHOST_VIRTIO: u32 = 0xAF;
+pub const VHOST_GET_FEATURES: u32 = ior::<u64>(VHOST_VIRTIO, 0x00);
+pub const VHOST_SET_FEATURES: u32 = iow::<u64>(VHOST_VIRTIO, 0x00);
+pub const VHOST_SET_OWNER: u32 = io(VHOST_VIRTIO, 0x01);
+pub const VHOST_SET_MEM_TABLE: u32 = iow::<VhostMemory>(VHOST_VIRTIO, 0x03);
+pub const VHOST_SET_LOG_BASE: u32 = iow::<u64>(VHOST_VIRTIO, 0x04);
+pub const VHOST_SET_LOG_FD: u32 = iow::<libc::c_int>(VHOST_VIRTIO, 0x07);
+pub const VHOST_SET_VRING_NUM: u32 = iow::<VhostVringState>(VHOST_VIRTIO, 0x10);
+pub const VHOST_SET_VRING_ADDR: u32 = iow::<VhostVringAddr>(VHOST_VIRTIO, 0x11);
+pub const VHOST_SET_VRING_BASE: u32 = iow::<VhostVringState>(VHOST_VIRTIO, 0x12);
+pub const VHOST_SET_VRING_ENDIAN: u32 = iow::<VhostVringState>(VHOST_VIRTIO, 0x13);
+pub const VHOST_SET_VRING_KICK: u32 = iow::<VhostVringFile>(VHOST_VIRTIO, 0x20);
+pub const VHOST_SET_VRING_CALL: u32 = iow::<VhostVringFile>(VHOST_VIRTIO, 0x21);
+pub const VHOST_NET_SET_BACKEND: u32 = iow::<VhostVringFile>(VHOST_VIRTIO, 0x30);
+
+/// vktest ioctl type and its one private ioctl (the RFC's vktest uapi).
+pub const VKTEST_TYPE: u32 = 0xBF;
+pub const VKTEST_ATTACH_VHOST: u32 = iow::<libc::c_int>(VKTEST_TYPE, 0x31);
+
+/// TUN ioctls (linux/if_tun.h).
+pub const TUN_TYPE: u32 = b'T' as u32;
+pub const TUNSETIFF: u32 = iow::<libc::c_int>(TUN_TYPE, 202);
+pub const TUNSETOFFLOAD: u32 = iow::<libc::c_uint>(TUN_TYPE, 208);
+pub const TUNSETVNETHDRSZ: u32 = iow::<libc::c_int>(TUN_TYPE, 216);
+
+pub const IFF_TAP: libc::c_short = 0x0002;
+pub const IFF_NO_PI: libc::c_short = 0x1000;
+pub const IFF_VNET_HDR: libc::c_short = 0x4000;
+pub const TUN_F_CSUM: u32 = 0x01;
+pub const TUN_F_TSO4: u32 = 0x02;
+pub const TUN_F_TSO6: u32 = 0x04;
+pub const TUN_F_TSO_ECN: u32 = 0x08;
+
+/// Feature bits.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+pub const VIRTIO_F_ACCESS_PLATFORM: u64 = 1 << 33;
+pub const VHOST_NET_F_VIRTIO_NET_HDR: u64 = 1 << 27;
+
+/// Size of `struct virtio_net_hdr_mrg_rxbuf`.
+pub const VIRTIO_NET_HDR_MRG_RXBUF_LEN: i32 = 12;
+
+/// ioctl with no argument.
+pub fn ioctl_none(fd: BorrowedFd<'_>, req: u32) -> Result<(), Errno> {
+    // SAFETY: the request takes no argument; the fd is valid for the borrow.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), req as libc::Ioctl, 0 as libc::c_ulong) };
+    Errno::result(ret).map(drop)
+}
+
+/// ioctl whose argument is passed by value (an int or flags word).
+pub fn ioctl_with_val(fd: BorrowedFd<'_>, req: u32, val: libc::c_ulong) -> Result<(), Errno> {
+    // SAFETY: the request takes its argument by value, so no memory is shared.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), req as libc::Ioctl, val) };
+    Errno::result(ret).map(drop)
+}
+
+/// ioctl that reads (`_IOW`) a `T` from our memory.
+pub fn ioctl_with_ref<T>(fd: BorrowedFd<'_>, req: u32, arg: &T) -> Result<(), Errno> {
+    // SAFETY: `arg` is a valid, initialised `T` for the call; callers pair each
+    // request with the uapi struct its size field was computed from.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), req as libc::Ioctl, arg as *const T) };
+    Errno::result(ret).map(drop)
+}
+
+/// ioctl that reads and/or writes a `T` in our memory (`_IOR`, or TUNSETIFF
+/// which writes the chosen name back).
+pub fn ioctl_with_mut<T>(fd: BorrowedFd<'_>, req: u32, arg: &mut T) -> Result<(), Errno> {
+    // SAFETY: `arg` is a valid, exclusively borrowed `T`, large enough for what
+    // the kernel writes for this request.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), req as libc::Ioctl, arg as *mut T) };
+    Errno::result(ret).map(drop)
+}
+
+/// Human name of a request number, for error contexts.
+pub fn name(req: u32) -> &'static str {
+    match req {
+        VHOST_GET_FEATURES => "VHOST_GET_FEATURES",
+        VHOST_SET_FEATURES => "VHOST_SET_FEATURES",
+        VHOST_SET_OWNER => "VHOST_SET_OWNER",
+        VHOST_SET_MEM_TABLE => "VHOST_SET_MEM_TABLE",
+        VHOST_SET_LOG_BASE => "VHOST_SET_LOG_BASE",
+        VHOST_SET_LOG_FD => "VHOST_SET_LOG_FD",
+        VHOST_SET_VRING_NUM => "VHOST_SET_VRING_NUM",
+        VHOST_SET_VRING_ADDR => "VHOST_SET_VRING_ADDR",
+        VHOST_SET_VRING_BASE => "VHOST_SET_VRING_BASE",
+        VHOST_SET_VRING_ENDIAN => "VHOST_SET_VRING_ENDIAN",
+        VHOST_SET_VRING_KICK => "VHOST_SET_VRING_KICK",
+        VHOST_SET_VRING_CALL => "VHOST_SET_VRING_CALL",
+        VHOST_NET_SET_BACKEND => "VHOST_NET_SET_BACKEND",
+        VKTEST_ATTACH_VHOST => "VKTEST_ATTACH_VHOST",
+        TUNSETIFF => "TUNSETIFF",
+        TUNSETOFFLOAD => "TUNSETOFFLOAD",
+        TUNSETVNETHDRSZ => "TUNSETVNETHDRSZ",
+        _ => "unknown ioctl",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn struct_sizes_match_uapi() {
+        assert_eq!(size_of::<VhostVringState>(), 8);
+        assert_eq!(size_of::<VhostVringFile>(), 8);
+        assert_eq!(size_of::<VhostVringAddr>(), 40);
+        assert_eq!(size_of::<VhostMemory>(), 8);
+        assert_eq!(size_of::<IfReq>(), 40);
+    }
+
+    #[test]
+    fn vhost_numbers() {
+        assert_eq!(VHOST_GET_FEATURES, 0x8008_AF00);
+        assert_eq!(VHOST_SET_FEATURES, 0x4008_AF00);
+        assert_eq!(VHOST_SET_OWNER, 0xAF01);
+        assert_eq!(VHOST_SET_MEM_TABLE, 0x4008_AF03);
+        assert_eq!(VHOST_SET_LOG_BASE, 0x4008_AF04);
+        assert_eq!(VHOST_SET_LOG_FD, 0x4004_AF07);
+        assert_eq!(VHOST_SET_VRING_NUM, 0x4008_AF10);
+        assert_eq!(VHOST_SET_VRING_ADDR, 0x4028_AF11);
+        assert_eq!(VHOST_SET_VRING_BASE, 0x4008_AF12);
+        assert_eq!(VHOST_SET_VRING_ENDIAN, 0x4008_AF13);
+        assert_eq!(VHOST_SET_VRING_KICK, 0x4008_AF20);
+        assert_eq!(VHOST_SET_VRING_CALL, 0x4008_AF21);
+        assert_eq!(VHOST_NET_SET_BACKEND, 0x4008_AF30);
+    }
+
+    #[test]
+    fn vktest_and_tun_numbers() {
+        assert_eq!(VKTEST_ATTACH_VHOST, 0x4004_BF31);
+        assert_eq!(TUNSETIFF, 0x4004_54CA);
+        assert_eq!(TUNSETOFFLOAD, 0x4004_54D0);
+        assert_eq!(TUNSETVNETHDRSZ, 0x4004_54D8);
+    }
+
+    #[test]
+    fn names_are_unique() {
+        assert_eq!(name(VHOST_SET_OWNER), "VHOST_SET_OWNER");
+        assert_eq!(name(VKTEST_ATTACH_VHOST), "VKTEST_ATTACH_VHOST");
+        assert_eq!(name(1), "unknown ioctl");
+    }
+}

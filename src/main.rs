@@ -1,0 +1,239 @@
+//! vhost-kernel-test: command line. See `vhost-kernel-test --help` and the
+//! design notes in lib.rs.
+
+use std::net::Ipv6Addr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use tokio::signal::unix::{signal, SignalKind};
+
+use vhost_kernel_test::attach::ATTACH_TESTS;
+use vhost_kernel_test::icmp::{self, Control, PingOpts, PingTarget};
+use vhost_kernel_test::serve::{serve, ServeOpts};
+use vhost_kernel_test::suite::{all_tests, run_tests, RunOpts};
+
+const ABOUT: &str = "\
+Test harness for kernel-buffer vhost: /dev/vhost-net-kernel (vhost-net whose
+rings and buffers live in kernel memory) looped back through the vktest vDPA
+driver (/dev/vktest) to a virtio-net interface.
+
+Data path: TAP vhostkernelN (h2g) <-> vhost-net <-> vktest <-> virtio_vdpa <->
+virtio_net ethN (g2h). Needs root and a kernel with CONFIG_VHOST_KERNEL=y and
+CONFIG_VHOST_KERNEL_TEST=y; without them `run` and `attach` print every test
+as skipped and exit 4.";
+
+const EXAMPLES: &str = "\
+Examples:
+  vhost-kernel-test run                      # whole suite, KTAP on stdout
+  vhost-kernel-test run --list               # test point names
+  vhost-kernel-test run --test teardown_unbind --ns-prefix t1-
+  vhost-kernel-test attach                   # ABI sanity/negative checks only
+  vhost-kernel-test run --fake-device        # self-test of the harness on any kernel
+  vhost-kernel-test serve                    # prints: h2g=vhostkernel0 g2h=eth0
+  vhost-kernel-test serve --json             # {\"h2g\":...,\"g2h\":...,\"h2g_ifindex\":N,...}
+      (SIGTERM/SIGINT: close all and exit 0; SIGUSR1: close /dev/vktest only)
+  vhost-kernel-test ping --netns h2g --iface vhostkernel0 --dst fe80::1
+  vhost-kernel-test ping --netns g2h --iface eth0 --dst fe80:: --flood --duration 10
+
+Exit status of run/attach: 0 all passed (some skips allowed), 1 a test failed,
+4 everything skipped, 130/143 interrupted by SIGINT/SIGTERM.";
+
+const RUN_ABOUT: &str = "\
+Run the whole suite, KTAP version 1 on stdout.
+
+First the attach sanity and negative ABI checks (one test point each), then
+the teardown scenarios. Each scenario starts `serve` as a child, moves the TAP
+(h2g) and the virtio-net interface (g2h) into namespaces <PREFIX>h2g and
+<PREFIX>g2h, gives them fe80::/64 and fe80::1/64 (nodad), checks 10 echoes of
+20000 bytes each way (0% loss, payload verified), starts a two-way flood, and
+then tears down while traffic flows:
+  teardown_exit                the serving process exits
+  teardown_close_vktest_first  /dev/vktest closed first (SIGUSR1), then exit
+  teardown_unbind              virtio_net unbound via sysfs, then exit
+  teardown_unbind_rebind       unbound and bound again; traffic must work again
+  traffic_vhost_net_hdr        as teardown_exit, vhost adds the virtio-net header
+Any kernel WARNING/BUG/KASAN/UBSAN/lockdep/RCU/kmemleak/hung-task/oops report
+logged during a test point fails it (quoted as # lines). Stale namespaces with
+our names are removed first. Exit: 0 pass, 1 fail, 4 all skipped.";
+
+#[derive(Parser)]
+#[command(name = "vhost-kernel-test", version, about = ABOUT, after_help = EXAMPLES)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the whole suite (attach checks, then teardown scenarios under traffic), KTAP on stdout.
+    #[command(long_about = RUN_ABOUT)]
+    Run {
+        /// Namespace name prefix: namespaces are <PREFIX>h2g and <PREFIX>g2h.
+        #[arg(long, default_value = "")]
+        ns_prefix: String,
+        /// Limit, in seconds, of every wait (netlink events, child, replies).
+        #[arg(long, default_value_t = 15)]
+        timeout: u64,
+        /// ICMPv6 data bytes per echo (20000 exceeds the MTU: fragmentation).
+        #[arg(long, default_value_t = 20000)]
+        size: usize,
+        /// Adaptive echoes per direction in each traffic check.
+        #[arg(long, default_value_t = 10)]
+        count: u32,
+        /// Echo requests in flight per flood direction.
+        #[arg(long, default_value_t = 4)]
+        flood_window: usize,
+        /// Run only this test point (repeatable); see --list.
+        #[arg(long = "test", value_name = "NAME")]
+        tests: Vec<String>,
+        /// Print the test point names and exit.
+        #[arg(long)]
+        list: bool,
+        /// Harness self-test on any kernel: serve uses two TAPs bridged in user
+        /// space; tests needing the real devices are skipped.
+        #[arg(long)]
+        fake_device: bool,
+    },
+    /// Only the attach sanity and negative ABI checks, KTAP on stdout.
+    Attach,
+    /// Set up vhost-net-kernel + vktest + TAP, attach, print the interfaces, hold until SIGTERM/SIGINT.
+    Serve {
+        /// Print the interface line as JSON (with ifindexes and the virtio device).
+        #[arg(long)]
+        json: bool,
+        /// Negotiate VHOST_NET_F_VIRTIO_NET_HDR and use a TAP without IFF_VNET_HDR.
+        #[arg(long)]
+        vhost_hdr: bool,
+        /// Seconds to wait for the virtio-net interface to appear.
+        #[arg(long, default_value_t = 15)]
+        timeout: u64,
+        /// Harness self-test: two TAPs bridged in user space stand in for vhost + vktest.
+        #[arg(long)]
+        fake_device: bool,
+    },
+    /// ICMPv6 echo over a raw socket from inside a network namespace.
+    Ping {
+        /// Named network namespace (/run/netns/NAME); default: the current one.
+        #[arg(long)]
+        netns: Option<String>,
+        /// Interface to send on (scope of the link-local addresses).
+        #[arg(long)]
+        iface: String,
+        /// Destination address, e.g. fe80::1.
+        #[arg(long)]
+        dst: Ipv6Addr,
+        /// Source address to bind, e.g. fe80:: (default: kernel's choice).
+        #[arg(long)]
+        src: Option<Ipv6Addr>,
+        /// Adaptive requests (next one when the reply arrived).
+        #[arg(long, default_value_t = 10)]
+        count: u32,
+        /// ICMPv6 data bytes per request.
+        #[arg(long, default_value_t = 20000)]
+        size: usize,
+        /// Seconds to wait for each reply.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+        /// Flood: many requests in flight for --duration seconds.
+        #[arg(long)]
+        flood: bool,
+        /// Flood duration in seconds.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Requests in flight when flooding.
+        #[arg(long, default_value_t = 8)]
+        window: usize,
+    },
+}
+
+/// Run `fut`; on SIGINT/SIGTERM drop it (its guards clean up) and return 130/143.
+async fn interruptible(fut: impl std::future::Future<Output = i32>) -> Result<i32> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(tokio::select! {
+        code = fut => code,
+        _ = int.recv() => { println!("# interrupted by SIGINT, cleaned up"); 130 }
+        _ = term.recv() => { println!("# interrupted by SIGTERM, cleaned up"); 143 }
+    })
+}
+
+async fn real_main(cli: Cli) -> Result<i32> {
+    match cli.cmd {
+        Cmd::Run { ns_prefix, timeout, size, count, flood_window, tests, list, fake_device } => {
+            let all = all_tests();
+            if list {
+                all.iter().for_each(|t| println!("{t}"));
+                return Ok(0);
+            }
+            let selected: Vec<&str> = if tests.is_empty() {
+                all
+            } else {
+                for t in &tests {
+                    anyhow::ensure!(all.contains(&t.as_str()), "unknown test {t:?} (see --list)");
+                }
+                all.into_iter().filter(|a| tests.iter().any(|t| t == a)).collect()
+            };
+            let opts = RunOpts {
+                ns_prefix,
+                timeout: Duration::from_secs(timeout),
+                size,
+                count,
+                flood_window,
+                fake_device,
+                ..Default::default()
+            };
+            interruptible(run_tests(&selected, &opts, std::io::stdout())).await
+        }
+        Cmd::Attach => interruptible(run_tests(ATTACH_TESTS, &RunOpts::default(), std::io::stdout())).await,
+        Cmd::Serve { json, vhost_hdr, timeout, fake_device } => {
+            serve(&ServeOpts { json, vhost_hdr, timeout: Duration::from_secs(timeout), fake: fake_device }).await?;
+            Ok(0)
+        }
+        Cmd::Ping { netns, iface, dst, src, count, size, timeout, flood, duration, window } => {
+            let target = PingTarget { netns, iface, dst, src };
+            let opts = PingOpts {
+                count,
+                size,
+                timeout: Duration::from_secs(timeout),
+                flood: flood.then(|| Duration::from_secs(duration)),
+                window,
+            };
+            let stop = Arc::new(Control::default());
+            let flag = stop.clone();
+            let worker = tokio::task::spawn_blocking(move || icmp::ping(&target, &opts, &flag));
+            let mut int = signal(SignalKind::interrupt())?;
+            tokio::pin!(worker);
+            let res = tokio::select! {
+                r = &mut worker => r?,
+                _ = int.recv() => { stop.stop(); worker.await? }
+            };
+            let st = res?;
+            println!("{}", st.summary());
+            Ok(if (flood && st.received > 0 && st.corrupted == 0) || st.perfect() { 0 } else { 1 })
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vhost-kernel-test: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = match rt.block_on(real_main(cli)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vhost-kernel-test: {e:#}");
+            1
+        }
+    };
+    // Do not wait for background threads (floods, kmsg reader) to notice.
+    rt.shutdown_background();
+    ExitCode::from(code as u8)
+}

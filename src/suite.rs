@@ -1,0 +1,597 @@
+//! `run`: the whole suite as KTAP — attach checks, then the teardown
+//! scenarios with two-way traffic and floods, with kernel-log health checks.
+
+use std::collections::HashSet;
+use std::net::Ipv6Addr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::time::timeout;
+
+use crate::attach::{run_attach_test, ATTACH_TESTS};
+use crate::icmp::{ping, BackgroundPing, Control, PingOpts, PingStats, PingTarget};
+use crate::kmsg::{kmemleak_report, kmemleak_scan, KmsgMonitor};
+use crate::ktap::{Ktap, Outcome, EXIT_ALL_SKIPPED};
+use crate::net::{place_interface, virtio_device_of, wait_addr_usable, Link, LinkWatcher, Rtnl};
+use crate::netns::{self, NetnsGuard};
+use crate::serve::Interfaces;
+use crate::vhost::{node_exists, VHOST_NET_KERNEL_PATH};
+use crate::vktest::VKTEST_PATH;
+
+/// Address of the host end (the TAP, namespace h2g).
+pub const H2G_ADDR: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0);
+/// Address of the guest end (virtio-net, namespace g2h).
+pub const G2H_ADDR: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
+/// Replies each flood direction must have received before a teardown starts.
+pub const FLOOD_WARMUP_REPLIES: u64 = 20;
+
+const VIRTIO_NET_DRIVER: &str = "/sys/bus/virtio/drivers/virtio_net";
+
+/// The teardown scenarios (and the end check), in KTAP order after ATTACH_TESTS.
+pub const SCENARIO_TESTS: &[&str] = &[
+    "teardown_exit",
+    "teardown_close_vktest_first",
+    "teardown_unbind",
+    "teardown_unbind_rebind",
+    "traffic_vhost_net_hdr",
+    "cleanup_no_leftovers",
+];
+
+/// Every test point of `run`, in order.
+pub fn all_tests() -> Vec<&'static str> {
+    ATTACH_TESTS.iter().chain(SCENARIO_TESTS).copied().collect()
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOpts {
+    /// Prefix of the namespace names (`<prefix>h2g`, `<prefix>g2h`).
+    pub ns_prefix: String,
+    /// Limit of every wait (netlink events, child output/exit, replies).
+    pub timeout: Duration,
+    /// ICMPv6 data bytes per echo.
+    pub size: usize,
+    /// Adaptive echoes per direction.
+    pub count: u32,
+    /// Requests in flight per flood direction.
+    pub flood_window: usize,
+    /// Path of this program (to spawn `serve`).
+    pub exe: String,
+    /// Harness self-test: `serve --fake-device`; tests needing real devices skip.
+    pub fake_device: bool,
+}
+
+impl Default for RunOpts {
+    fn default() -> Self {
+        RunOpts {
+            ns_prefix: String::new(),
+            timeout: Duration::from_secs(15),
+            size: 20000,
+            count: 10,
+            flood_window: 4,
+            exe: "/proc/self/exe".into(),
+            fake_device: false,
+        }
+    }
+}
+
+impl RunOpts {
+    pub fn h2g_ns(&self) -> String {
+        format!("{}h2g", self.ns_prefix)
+    }
+    pub fn g2h_ns(&self) -> String {
+        format!("{}g2h", self.ns_prefix)
+    }
+}
+
+/// Why nothing can run here, if so.
+pub fn skip_reason() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("not root (CAP_NET_ADMIN and CAP_SYS_ADMIN needed)".into());
+    }
+    match (node_exists(VHOST_NET_KERNEL_PATH), node_exists(VKTEST_PATH)) {
+        (true, true) => None,
+        (false, true) => Some(format!("{VHOST_NET_KERNEL_PATH} missing (CONFIG_VHOST_KERNEL=y needed)")),
+        (true, false) => Some(format!("{VKTEST_PATH} missing (CONFIG_VHOST_KERNEL_TEST=y needed)")),
+        (false, false) => Some(format!(
+            "{VHOST_NET_KERNEL_PATH} and {VKTEST_PATH} missing (CONFIG_VHOST_KERNEL=y and CONFIG_VHOST_KERNEL_TEST=y needed)"
+        )),
+    }
+}
+
+/// Two interfaces placed in their namespaces with their addresses.
+#[derive(Debug, Clone)]
+pub struct Pair {
+    pub h2g_ns: String,
+    pub h2g_if: String,
+    pub g2h_ns: String,
+    pub g2h_if: String,
+    /// ifindexes inside the namespaces.
+    pub h2g_index: u32,
+    pub g2h_index: u32,
+}
+
+impl Pair {
+    fn target_from_h2g(&self) -> PingTarget {
+        PingTarget { netns: Some(self.h2g_ns.clone()), iface: self.h2g_if.clone(), dst: G2H_ADDR, src: Some(H2G_ADDR) }
+    }
+    fn target_from_g2h(&self) -> PingTarget {
+        PingTarget { netns: Some(self.g2h_ns.clone()), iface: self.g2h_if.clone(), dst: H2G_ADDR, src: Some(G2H_ADDR) }
+    }
+}
+
+/// Move one interface into `ns`, give it `addr`, set it up, wait until usable.
+pub async fn place(root: &Rtnl, index: u32, name: &str, ns: &str, addr: Ipv6Addr, limit: Duration) -> Result<u32> {
+    let idx = place_interface(root, index, name, ns, addr).await?;
+    wait_addr_usable(Some(ns), idx, addr, limit).await?;
+    Ok(idx)
+}
+
+/// Place both ends (h2g gets fe80::0, g2h gets fe80::1), as for the vhost pair.
+pub async fn setup_pair(
+    root: &Rtnl,
+    h2g: (u32, &str),
+    g2h: (u32, &str),
+    h2g_ns: &str,
+    g2h_ns: &str,
+    limit: Duration,
+) -> Result<Pair> {
+    let i1 = place_interface(root, h2g.0, h2g.1, h2g_ns, H2G_ADDR).await?;
+    let i2 = place_interface(root, g2h.0, g2h.1, g2h_ns, G2H_ADDR).await?;
+    // Carrier needs both ends up, so wait only after both are up.
+    wait_addr_usable(Some(h2g_ns), i1, H2G_ADDR, limit).await?;
+    wait_addr_usable(Some(g2h_ns), i2, G2H_ADDR, limit).await?;
+    Ok(Pair {
+        h2g_ns: h2g_ns.into(),
+        h2g_if: h2g.1.into(),
+        g2h_ns: g2h_ns.into(),
+        g2h_if: g2h.1.into(),
+        h2g_index: i1,
+        g2h_index: i2,
+    })
+}
+
+async fn ping_async(target: PingTarget, opts: PingOpts) -> Result<PingStats> {
+    tokio::task::spawn_blocking(move || ping(&target, &opts, &Control::default()))
+        .await
+        .map_err(|e| anyhow!("ping task failed: {e}"))?
+}
+
+/// `count` adaptive echoes of `size` bytes each way; all must come back intact.
+pub async fn verify_two_way(pair: &Pair, count: u32, size: usize, limit: Duration) -> Result<(PingStats, PingStats)> {
+    let opts = PingOpts { count, size, timeout: limit.min(Duration::from_secs(5)), ..Default::default() };
+    // g2h first: its neighbour solicitation also refreshes h2g's cache.
+    let b = ping_async(pair.target_from_g2h(), opts.clone()).await?;
+    let a = ping_async(pair.target_from_h2g(), opts).await?;
+    let mut bad = Vec::new();
+    if !a.perfect() {
+        bad.push(format!("h2g -> g2h: {}", a.summary()));
+    }
+    if !b.perfect() {
+        bad.push(format!("g2h -> h2g: {}", b.summary()));
+    }
+    if !bad.is_empty() {
+        bail!("two-way traffic check failed: {}", bad.join("; "));
+    }
+    Ok((a, b))
+}
+
+/// Floods in both directions, stopped (and joined) on drop.
+pub struct Floods {
+    pub h2g: BackgroundPing,
+    pub g2h: BackgroundPing,
+}
+
+pub fn start_floods(pair: &Pair, size: usize, window: usize) -> Floods {
+    let opts = PingOpts {
+        size,
+        window,
+        flood: Some(Duration::from_secs(24 * 3600)),
+        timeout: Duration::from_secs(2),
+        ..Default::default()
+    };
+    Floods {
+        h2g: BackgroundPing::start(pair.target_from_h2g(), opts.clone()),
+        g2h: BackgroundPing::start(pair.target_from_g2h(), opts),
+    }
+}
+
+impl Floods {
+    /// Block until both directions have `n` replies back (so the teardown
+    /// really races with traffic in flight).
+    pub fn wait_flowing(&self, n: u64, limit: Duration) -> Result<()> {
+        if !self.h2g.wait_replies(n, limit) {
+            bail!("flood h2g -> g2h did not get {n} replies within {:.0}s", limit.as_secs_f64());
+        }
+        if !self.g2h.wait_replies(n, limit) {
+            bail!("flood g2h -> h2g did not get {n} replies within {:.0}s", limit.as_secs_f64());
+        }
+        Ok(())
+    }
+
+    /// Stop both; summaries for diagnostics (losses are expected during teardown).
+    pub fn stop(self) -> Vec<String> {
+        let f = |name: &str, r: Result<PingStats>| match r {
+            Ok(s) => format!("flood {name}: {}", s.summary()),
+            Err(e) => format!("flood {name}: {e:#}"),
+        };
+        vec![f("h2g -> g2h", self.h2g.stop()), f("g2h -> h2g", self.g2h.stop())]
+    }
+}
+
+/// The serving child process (killed if dropped while still running). Its
+/// stderr is collected and reported as diagnostics of the test point.
+pub struct ServeChild {
+    child: Child,
+    stderr: Option<tokio::task::JoinHandle<Vec<String>>>,
+    pub ifs: Interfaces,
+}
+
+impl ServeChild {
+    pub async fn spawn(exe: &str, vhost_hdr: bool, fake: bool, limit: Duration) -> Result<Self> {
+        let mut cmd = Command::new(exe);
+        cmd.arg("serve").arg("--json").arg("--timeout").arg(limit.as_secs().max(1).to_string());
+        if vhost_hdr {
+            cmd.arg("--vhost-hdr");
+        }
+        if fake {
+            cmd.arg("--fake-device");
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true).process_group(0);
+        let mut child = cmd.spawn().with_context(|| format!("spawn {exe} serve"))?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("serve child has no stdout"))?;
+        let stderr = child.stderr.take().ok_or_else(|| anyhow!("serve child has no stderr"))?;
+        let stderr = tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            let mut out = Vec::new();
+            while let Ok(Some(l)) = lines.next_line().await {
+                out.push(l);
+            }
+            out
+        });
+        let mut me = ServeChild { child, stderr: Some(stderr), ifs: Interfaces::default() };
+        let mut lines = BufReader::new(stdout).lines();
+        let wait = limit * 2;
+        let line = tokio::select! {
+            r = timeout(wait, lines.next_line()) => match r {
+                Ok(Ok(Some(l))) => Ok(l),
+                Ok(Ok(None)) => Err(anyhow!("serve child closed stdout without printing its interfaces")),
+                Ok(Err(e)) => Err(anyhow::Error::new(e).context("read serve child's stdout")),
+                Err(_) => Err(anyhow!("timed out after {:.0}s waiting for the serve child's interface line", wait.as_secs_f64())),
+            },
+            st = me.child.wait() => Err(anyhow!(
+                "serve child exited ({}) before printing its interfaces",
+                st.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())
+            )),
+        };
+        let parsed = line.and_then(|l| Interfaces::parse_json(&l));
+        match parsed {
+            Ok(ifs) => {
+                me.ifs = ifs;
+                Ok(me)
+            }
+            Err(e) => {
+                me.kill_and_wait(limit).await;
+                let said = me.stderr_lines(limit).await;
+                if said.is_empty() {
+                    Err(e)
+                } else {
+                    Err(e.context(format!("serve child said: {}", said.join(" | "))))
+                }
+            }
+        }
+    }
+
+    /// Everything the child wrote to stderr (call after it exited).
+    pub async fn stderr_lines(&mut self, limit: Duration) -> Vec<String> {
+        match self.stderr.take() {
+            Some(h) => timeout(limit, h).await.ok().and_then(|r| r.ok()).unwrap_or_default(),
+            None => Vec::new(),
+        }
+    }
+
+    pub fn signal(&self, sig: Signal) -> Result<()> {
+        let pid = self.child.id().ok_or_else(|| anyhow!("serve child already reaped"))?;
+        kill(Pid::from_raw(pid as i32), sig).with_context(|| format!("kill({pid}, {sig})"))
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub async fn terminate(&mut self, limit: Duration) -> Result<()> {
+        self.signal(Signal::SIGTERM)?;
+        let st = timeout(limit, self.child.wait())
+            .await
+            .map_err(|_| anyhow!("serve child did not exit within {:.0}s of SIGTERM", limit.as_secs_f64()))?
+            .context("wait for serve child")?;
+        if !st.success() {
+            bail!("serve child exited with {st}");
+        }
+        Ok(())
+    }
+
+    /// Cleanup after a failure: SIGKILL (if still running) and reap.
+    pub async fn kill_and_wait(&mut self, limit: Duration) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.start_kill();
+            let _ = timeout(limit, self.child.wait()).await;
+        }
+    }
+}
+
+/// SIGTERM the child, wait for its clean exit, then for each (namespace,
+/// ifindex, name) in `gone` the interface's removal (watchers are set up
+/// before the signal, so no event is missed).
+pub async fn terminate_and_wait_gone(
+    child: &mut ServeChild,
+    gone: &[(&str, u32, &str)],
+    limit: Duration,
+) -> Result<()> {
+    let mut watchers = Vec::new();
+    for (ns, idx, name) in gone {
+        let w = LinkWatcher::new(Some(ns))?;
+        // Already gone (e.g. removed while we were subscribing)?
+        let present = Rtnl::new(Some(ns))?.links().await?.iter().any(|l| l.index == *idx);
+        if present {
+            watchers.push((w, *idx, *name, *ns));
+        }
+    }
+    child.terminate(limit).await?;
+    for (mut w, idx, name, ns) in watchers {
+        w.wait_del_link(idx, limit, &format!("{name} in namespace {ns} to go away after the serving process exited"))
+            .await?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Teardown {
+    Exit,
+    CloseVktestFirst,
+    Unbind,
+    UnbindRebind,
+}
+
+fn write_sysfs(path: &str, value: &str) -> Result<()> {
+    std::fs::write(path, value).with_context(|| format!("write {value:?} to {path}"))
+}
+
+/// Whether `name` looks like a virtio-net interface (its device is virtioN).
+fn is_virtio_net(l: &Link) -> bool {
+    !l.name.starts_with("vhostkernel") && virtio_device_of(&l.name).map(|d| d.starts_with("virtio")).unwrap_or(false)
+}
+
+/// One teardown scenario with traffic and floods.
+pub async fn scenario(kind: Teardown, vhost_hdr: bool, opts: &RunOpts, diag: &mut dyn FnMut(String)) -> Result<()> {
+    let t = opts.timeout;
+    // Namespaces first, so that on any error the child is gone before they are.
+    let mut nsg = NetnsGuard::new();
+    nsg.create(&opts.h2g_ns())?;
+    nsg.create(&opts.g2h_ns())?;
+    let mut child = ServeChild::spawn(&opts.exe, vhost_hdr, opts.fake_device, t).await?;
+    let res = scenario_body(kind, &mut child, opts, &mut *diag).await;
+    if res.is_err() {
+        child.kill_and_wait(t).await;
+    }
+    child.stderr_lines(t).await.into_iter().for_each(|l| diag(format!("serve: {l}")));
+    res?;
+    nsg.delete_all()?;
+    check_no_leftovers(opts).await
+}
+
+async fn scenario_body(
+    kind: Teardown,
+    child: &mut ServeChild,
+    opts: &RunOpts,
+    diag: &mut dyn FnMut(String),
+) -> Result<()> {
+    let t = opts.timeout;
+    let (h2g_ns, g2h_ns) = (opts.h2g_ns(), opts.g2h_ns());
+    let ifs = child.ifs.clone();
+    let dev = if ifs.g2h_device.is_empty() { String::new() } else { format!(" ({})", ifs.g2h_device) };
+    diag(format!("serve: h2g={} g2h={}{dev}", ifs.h2g, ifs.g2h));
+    let root = Rtnl::new(None)?;
+    let pair = setup_pair(&root, (ifs.h2g_ifindex, &ifs.h2g), (ifs.g2h_ifindex, &ifs.g2h), &h2g_ns, &g2h_ns, t).await?;
+    let (a, b) = verify_two_way(&pair, opts.count, opts.size, t).await?;
+    diag(format!("h2g -> g2h: {}", a.summary()));
+    diag(format!("g2h -> h2g: {}", b.summary()));
+    let g2h_idx = pair.g2h_index;
+    let h2g_gone = (h2g_ns.as_str(), pair.h2g_index, ifs.h2g.as_str());
+
+    let floods = start_floods(&pair, opts.size, opts.flood_window);
+    let (floods, flowing) = tokio::task::spawn_blocking(move || {
+        let r = floods.wait_flowing(FLOOD_WARMUP_REPLIES, t);
+        (floods, r)
+    })
+    .await
+    .map_err(|e| anyhow!("flood wait task failed: {e}"))?;
+    let res: Result<()> = async {
+        flowing?;
+        match kind {
+            Teardown::Exit => {
+                terminate_and_wait_gone(child, &[h2g_gone, (g2h_ns.as_str(), g2h_idx, ifs.g2h.as_str())], t).await
+            }
+            Teardown::CloseVktestFirst => {
+                let mut w = LinkWatcher::new(Some(&g2h_ns))?;
+                child.signal(Signal::SIGUSR1)?;
+                w.wait_del_link(g2h_idx, t, &format!("{} to go away after closing /dev/vktest", ifs.g2h)).await?;
+                terminate_and_wait_gone(child, &[h2g_gone], t).await
+            }
+            Teardown::Unbind | Teardown::UnbindRebind => {
+                anyhow::ensure!(!ifs.g2h_device.is_empty(), "no virtio device known for {}", ifs.g2h);
+                let mut w = LinkWatcher::new(Some(&g2h_ns))?;
+                write_sysfs(&format!("{VIRTIO_NET_DRIVER}/unbind"), &ifs.g2h_device)?;
+                w.wait_del_link(g2h_idx, t, &format!("{} to go away after unbinding virtio_net", ifs.g2h)).await?;
+                if kind == Teardown::Unbind {
+                    return terminate_and_wait_gone(child, &[h2g_gone], t).await;
+                }
+                let mut rw = LinkWatcher::new(None)?;
+                let known: HashSet<u32> = root.links().await?.iter().map(|l| l.index).collect();
+                write_sysfs(&format!("{VIRTIO_NET_DRIVER}/bind"), &ifs.g2h_device)?;
+                let new = rw
+                    .wait_new_link(
+                        &known,
+                        is_virtio_net,
+                        t,
+                        &format!("a virtio-net interface to appear after binding {}", ifs.g2h_device),
+                    )
+                    .await?;
+                diag(format!("rebound: {} is back as {}", ifs.g2h_device, new.name));
+                let new_idx = place(&root, new.index, &new.name, &g2h_ns, G2H_ADDR, t).await?;
+                Rtnl::new(Some(&h2g_ns))?.flush_neighbours(pair.h2g_index).await?;
+                let pair2 = Pair { g2h_if: new.name.clone(), g2h_index: new_idx, ..pair.clone() };
+                let (a, b) = verify_two_way(&pair2, opts.count, opts.size, t).await?;
+                diag(format!("after rebind h2g -> g2h: {}", a.summary()));
+                diag(format!("after rebind g2h -> h2g: {}", b.summary()));
+                terminate_and_wait_gone(child, &[h2g_gone, (g2h_ns.as_str(), new_idx, new.name.as_str())], t).await
+            }
+        }
+    }
+    .await;
+    let stopped = tokio::task::spawn_blocking(move || floods.stop()).await.unwrap_or_default();
+    stopped.into_iter().for_each(&mut *diag);
+    res
+}
+
+/// Neither of our namespaces nor any vhostkernel interface is left.
+pub async fn check_no_leftovers(opts: &RunOpts) -> Result<()> {
+    for ns in [opts.h2g_ns(), opts.g2h_ns()] {
+        if netns::exists(&ns) {
+            bail!("namespace {ns} still exists");
+        }
+    }
+    let left: Vec<String> = Rtnl::new(None)?
+        .links()
+        .await?
+        .into_iter()
+        .filter(|l| l.name.starts_with("vhostkernel") || l.name.starts_with("vkfake"))
+        .map(|l| l.name)
+        .collect();
+    if !left.is_empty() {
+        bail!("interfaces left behind: {}", left.join(", "));
+    }
+    Ok(())
+}
+
+async fn run_one(name: &str, opts: &RunOpts, diag: &mut dyn FnMut(String)) -> Result<Outcome> {
+    let teardown = match name {
+        "teardown_exit" => Some((Teardown::Exit, false)),
+        "teardown_close_vktest_first" => Some((Teardown::CloseVktestFirst, false)),
+        "teardown_unbind" => Some((Teardown::Unbind, false)),
+        "teardown_unbind_rebind" => Some((Teardown::UnbindRebind, false)),
+        "traffic_vhost_net_hdr" => Some((Teardown::Exit, true)),
+        _ => None,
+    };
+    if let Some((kind, hdr)) = teardown {
+        if opts.fake_device && (hdr || matches!(kind, Teardown::Unbind | Teardown::UnbindRebind)) {
+            return Ok(Outcome::Skip("needs the real virtio device (--fake-device)".into()));
+        }
+        scenario(kind, hdr, opts, diag).await?;
+        return Ok(Outcome::Pass);
+    }
+    if name == "cleanup_no_leftovers" {
+        check_no_leftovers(opts).await?;
+        return Ok(Outcome::Pass);
+    }
+    if ATTACH_TESTS.contains(&name) {
+        if opts.fake_device {
+            return Ok(Outcome::Skip("needs /dev/vhost-net-kernel and /dev/vktest (--fake-device)".into()));
+        }
+        return run_attach_test(name);
+    }
+    bail!("unknown test {name}")
+}
+
+/// Remove namespaces with our names left by a killed run.
+pub fn remove_stale_namespaces(opts: &RunOpts, k: &mut Ktap<impl std::io::Write>) -> Result<()> {
+    for ns in [opts.h2g_ns(), opts.g2h_ns()] {
+        if netns::exists(&ns) {
+            netns::delete(&ns).with_context(|| format!("remove stale namespace {ns}"))?;
+            k.diag(&format!("removed stale namespace {ns}"));
+        }
+    }
+    Ok(())
+}
+
+/// Run `tests` as KTAP on `out`; returns the exit code.
+pub async fn run_tests(tests: &[&str], opts: &RunOpts, out: impl std::io::Write) -> i32 {
+    let mut k = Ktap::new(out);
+    k.header(tests.len());
+    if let Some(reason) = skip_reason().filter(|_| !opts.fake_device) {
+        k.diag(&reason);
+        for t in tests {
+            k.result(t, &Outcome::Skip(reason.clone()));
+        }
+        k.totals();
+        return EXIT_ALL_SKIPPED;
+    }
+    if tests.iter().any(|t| SCENARIO_TESTS.contains(t)) {
+        if let Err(e) = remove_stale_namespaces(opts, &mut k) {
+            k.diag(&format!("{e:#}"));
+        }
+    }
+    let kmsg = match KmsgMonitor::start() {
+        Ok(m) => Some(m),
+        Err(e) => {
+            k.diag(&format!("kernel log not monitored: {e:#}"));
+            None
+        }
+    };
+    for (i, t) in tests.iter().enumerate() {
+        // Without a marker (e.g. printk.devkmsg=off) fall back to what was read so far.
+        let start =
+            kmsg.as_ref().map(|m| m.sync(&format!("start-{}", i + 1), opts.timeout).unwrap_or_else(|_| m.position()));
+        let mut outcome = match run_one(t, opts, &mut |d: String| k.diag(&d)).await {
+            Ok(o) => o,
+            Err(e) => {
+                k.diag(&format!("{t}: {e:#}"));
+                Outcome::Fail
+            }
+        };
+        if let (Some(m), Some(pos)) = (&kmsg, start) {
+            let scanned = kmemleak_scan();
+            if let Err(e) = m.sync(&format!("end-{}", i + 1), opts.timeout) {
+                k.diag(&format!("kernel log check incomplete: {e:#}"));
+            }
+            let splats = m.splats_since(pos);
+            if !splats.is_empty() {
+                k.diag(&format!("kernel reported a problem during {t}:"));
+                for l in &splats {
+                    k.diag(l);
+                }
+                if scanned && splats.iter().any(|l| l.contains("suspected memory leak")) {
+                    for l in kmemleak_report(40) {
+                        k.diag(&l);
+                    }
+                }
+                outcome = Outcome::Fail;
+            }
+        }
+        k.result(t, &outcome);
+    }
+    k.totals();
+    k.exit_code()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_names_unique_and_ordered() {
+        let all = all_tests();
+        let set: HashSet<_> = all.iter().collect();
+        assert_eq!(set.len(), all.len());
+        assert_eq!(all[0], "attach_once");
+        assert_eq!(*all.last().unwrap(), "cleanup_no_leftovers");
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!(H2G_ADDR.to_string(), "fe80::");
+        assert_eq!(G2H_ADDR.to_string(), "fe80::1");
+    }
+}

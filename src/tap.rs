@@ -1,0 +1,83 @@
+//! A TAP device from `/dev/net/tun`, configured as a vhost-net backend.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+
+use anyhow::{Context, Result};
+
+use crate::ioctl::{self, IfReq};
+use crate::vhost::open_rw;
+
+pub const TUN_PATH: &str = "/dev/net/tun";
+/// Name template of the host-side interface, as in the RFC.
+pub const TAP_TEMPLATE: &str = "vhostkernel%d";
+
+/// Offloads the RFC enables on its TAP.
+pub const TAP_OFFLOADS: u32 = ioctl::TUN_F_CSUM | ioctl::TUN_F_TSO4 | ioctl::TUN_F_TSO6 | ioctl::TUN_F_TSO_ECN;
+
+#[derive(Debug)]
+pub struct Tap {
+    file: File,
+    name: String,
+}
+
+impl Tap {
+    /// TUNSETIFF with IFF_TAP | IFF_NO_PI (| IFF_VNET_HDR if `vnet_hdr`).
+    /// `template` may contain `%d`; the kernel's chosen name is kept.
+    pub fn create(template: &str, vnet_hdr: bool) -> Result<Self> {
+        let file = open_rw(TUN_PATH)?;
+        let mut req = IfReq::default();
+        let bytes = template.as_bytes();
+        anyhow::ensure!(bytes.len() < libc::IFNAMSIZ, "interface name {template:?} too long");
+        req.name[..bytes.len()].copy_from_slice(bytes);
+        req.flags = ioctl::IFF_TAP | ioctl::IFF_NO_PI;
+        if vnet_hdr {
+            req.flags |= ioctl::IFF_VNET_HDR;
+        }
+        ioctl::ioctl_with_mut(file.as_fd(), ioctl::TUNSETIFF, &mut req)
+            .with_context(|| format!("{TUN_PATH}: TUNSETIFF {template}"))?;
+        let len = req.name.iter().position(|&b| b == 0).unwrap_or(req.name.len());
+        let name = String::from_utf8_lossy(&req.name[..len]).into_owned();
+        Ok(Tap { file, name })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Read one frame (blocking unless the fd was made non-blocking).
+    pub fn read_frame(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        (&self.file).read(buf)
+    }
+
+    /// Write one frame.
+    pub fn write_frame(&self, frame: &[u8]) -> std::io::Result<usize> {
+        (&self.file).write(frame)
+    }
+
+    pub fn set_offload(&self, flags: u32) -> Result<()> {
+        ioctl::ioctl_with_val(self.file.as_fd(), ioctl::TUNSETOFFLOAD, libc::c_ulong::from(flags))
+            .with_context(|| format!("tap {}: TUNSETOFFLOAD {flags:#x}", self.name))
+    }
+
+    pub fn set_vnet_hdr_size(&self, size: i32) -> Result<()> {
+        let size: libc::c_int = size;
+        ioctl::ioctl_with_ref(self.file.as_fd(), ioctl::TUNSETVNETHDRSZ, &size)
+            .with_context(|| format!("tap {}: TUNSETVNETHDRSZ {size}", self.name))
+    }
+
+    /// The RFC's backend: VNET_HDR, offloads, 12-byte header.
+    pub fn create_vhost_backend(template: &str) -> Result<Self> {
+        let tap = Self::create(template, true)?;
+        tap.set_offload(TAP_OFFLOADS)?;
+        tap.set_vnet_hdr_size(ioctl::VIRTIO_NET_HDR_MRG_RXBUF_LEN)?;
+        Ok(tap)
+    }
+}
+
+impl AsFd for Tap {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}

@@ -1,0 +1,297 @@
+//! Integration tests with real kernel objects on the build host (as root):
+//! TAP backends, named namespaces, rtnetlink events, and ICMPv6 traffic over
+//! a veth pair placed with the same code the suite uses for the vhost pair.
+//! Without root they return early (and say so).
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::time::Duration;
+
+use vhost_kernel_test::icmp::{ping, PingOpts, PingTarget};
+use vhost_kernel_test::ktap::Ktap;
+use vhost_kernel_test::net::{if_index, LinkWatcher, Rtnl};
+use vhost_kernel_test::netns::{self, NetnsGuard};
+use vhost_kernel_test::suite::{remove_stale_namespaces, setup_pair, verify_two_way, RunOpts, G2H_ADDR, H2G_ADDR};
+use vhost_kernel_test::tap::Tap;
+
+const T: Duration = Duration::from_secs(10);
+
+fn root() -> bool {
+    let r = nix::unistd::geteuid().is_root();
+    if !r {
+        eprintln!("not root: skipping");
+    }
+    r
+}
+
+/// Short unique tag for names (interface names are at most 15 bytes).
+fn tag(what: &str) -> String {
+    format!("vk{what}{}", std::process::id() % 100_000)
+}
+
+/// `ip netns list` lines mentioning `needle` (other tests run in parallel),
+/// or None without iproute2.
+fn ip_netns_list(needle: &str) -> Option<Vec<String>> {
+    let o = Command::new("ip").args(["netns", "list"]).output().ok()?;
+    Some(String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.contains(needle)).map(str::to_string).collect())
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn tap_with_vnet_hdr_offloads_and_hdr_size() {
+    if !root() {
+        return;
+    }
+    let t = format!("{}%d", tag("t"));
+    let tap = Tap::create_vhost_backend(&t).expect("vhost backend tap");
+    assert!(tap.name().starts_with(&tag("t")), "{}", tap.name());
+    let idx = if_index(tap.name()).expect("tap exists");
+    assert!(idx > 0);
+    let plain = Tap::create(&t, false).expect("tap without IFF_VNET_HDR");
+    assert_ne!(plain.name(), tap.name());
+    // The interface goes away with its last fd (a fork of a parallel test may
+    // hold a copy until its exec, so wait for the event rather than check now).
+    let mut w = LinkWatcher::new(None).unwrap();
+    drop(tap);
+    w.wait_del_link(idx, T, "the tap to vanish with its fd").await.unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn netns_is_compatible_with_iproute2_and_cleaned_up() {
+    if !root() {
+        return;
+    }
+    let name = tag("ns");
+    let before = ip_netns_list(&name);
+    let mut g = NetnsGuard::new();
+    g.create(&name).expect("create namespace");
+    assert!(netns::exists(&name));
+    assert!(netns::create(&name).is_err(), "creating twice must fail");
+    if let Some(list) = ip_netns_list(&name) {
+        assert!(list.iter().any(|l| l.split_whitespace().next() == Some(name.as_str())), "ip netns list: {list:?}");
+    }
+    // The namespace is a fresh one: only lo.
+    let links = Rtnl::new(Some(&name)).unwrap().links().await.unwrap();
+    assert_eq!(links.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(), vec!["lo"]);
+    g.delete_all().unwrap();
+    assert!(!netns::exists(&name));
+    assert_eq!(ip_netns_list(&name), before);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn stale_namespaces_are_removed_and_reported() {
+    if !root() {
+        return;
+    }
+    let opts = RunOpts { ns_prefix: format!("{}-", tag("st")), ..Default::default() };
+    netns::create(&opts.h2g_ns()).unwrap();
+    let mut k = Ktap::new(Vec::new());
+    remove_stale_namespaces(&opts, &mut k).unwrap();
+    let out = String::from_utf8(k.into_inner()).unwrap();
+    assert_eq!(out, format!("# removed stale namespace {}\n", opts.h2g_ns()));
+    assert!(!netns::exists(&opts.h2g_ns()));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn link_events_for_new_and_deleted_links() {
+    if !root() {
+        return;
+    }
+    let ns = tag("ev");
+    let mut g = NetnsGuard::new();
+    g.create(&ns).unwrap();
+    let rtnl = Rtnl::new(Some(&ns)).unwrap();
+    let mut w = LinkWatcher::new(Some(&ns)).unwrap();
+    let known: HashSet<u32> = rtnl.links().await.unwrap().iter().map(|l| l.index).collect();
+    rtnl.create_veth("va", "vb").await.unwrap();
+    let new = w.wait_new_link(&known, |l| l.name == "va", T, "veth va").await.unwrap();
+    rtnl.del_link(new.index).await.unwrap();
+    let gone = w.wait_del_link(new.index, T, "veth va removal").await.unwrap();
+    assert_eq!(gone.index, new.index);
+    // A wait that cannot succeed says what did not happen.
+    let err = w.wait_del_link(9999, Duration::from_millis(200), "ifindex 9999 to vanish").await.unwrap_err();
+    assert!(format!("{err}").contains("timed out") && format!("{err}").contains("ifindex 9999"), "{err}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn veth_pair_two_way_icmpv6_in_namespaces() {
+    if !root() {
+        return;
+    }
+    let p = format!("{}-", tag("vp"));
+    let before = ip_netns_list(&p);
+    let (h2g_ns, g2h_ns) = (format!("{p}h2g"), format!("{p}g2h"));
+    let (a, b) = (tag("a"), tag("b"));
+    let root_nl = Rtnl::new(None).unwrap();
+    {
+        let mut g = NetnsGuard::new();
+        g.create(&h2g_ns).unwrap();
+        g.create(&g2h_ns).unwrap();
+        root_nl.create_veth(&a, &b).await.unwrap();
+        let ia = root_nl.link_by_name(&a).await.unwrap().index;
+        let ib = root_nl.link_by_name(&b).await.unwrap().index;
+        let pair = setup_pair(&root_nl, (ia, &a), (ib, &b), &h2g_ns, &g2h_ns, T).await.unwrap();
+        assert!(root_nl.link_by_name(&a).await.is_err(), "{a} moved out of the root namespace");
+
+        let (x, y) = verify_two_way(&pair, 10, 20000, T).await.unwrap();
+        assert_eq!((x.transmitted, x.received, y.transmitted, y.received), (10, 10, 10, 10));
+        assert!(x.perfect() && y.perfect(), "{} / {}", x.summary(), y.summary());
+
+        // A short flood from the g2h side, with the stop flag unused.
+        let target = PingTarget { netns: Some(g2h_ns.clone()), iface: b.clone(), dst: H2G_ADDR, src: Some(G2H_ADDR) };
+        let opts = PingOpts { size: 20000, window: 4, flood: Some(Duration::from_millis(500)), ..Default::default() };
+        let st = tokio::task::spawn_blocking(move || ping(&target, &opts, &Default::default())).await.unwrap().unwrap();
+        assert!(st.received > 0 && st.corrupted == 0, "{}", st.summary());
+
+        // Forgetting neighbours (as after a rebind) does not break traffic.
+        let h2g_nl = Rtnl::new(Some(&h2g_ns)).unwrap();
+        h2g_nl.flush_neighbours(h2g_nl.link_by_name(&a).await.unwrap().index).await.unwrap();
+        verify_two_way(&pair, 2, 3000, T).await.unwrap();
+
+        // The CLI does the same from inside a namespace.
+        let out = Command::new(env!("CARGO_BIN_EXE_vhost-kernel-test"))
+            .args(["ping", "--netns", &h2g_ns, "--iface", &a, "--dst", "fe80::1", "--src", "fe80::", "--count", "3"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.starts_with("3 transmitted, 3 received, 0.0% loss, 0 corrupted"), "{text}");
+        g.delete_all().unwrap();
+    }
+    assert!(!netns::exists(&h2g_ns) && !netns::exists(&g2h_ns));
+    assert_eq!(ip_netns_list(&p), before, "namespaces left behind");
+    // veth ends die with their namespaces.
+    assert!(root_nl.link_by_name(&a).await.is_err());
+}
+
+#[test]
+fn run_on_a_kernel_without_the_feature_skips_everything() {
+    if std::path::Path::new("/dev/vhost-net-kernel").exists() && std::path::Path::new("/dev/vktest").exists() {
+        eprintln!("this kernel has the feature: skip path not testable here");
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_vhost-kernel-test")).arg("run").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{text}");
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("KTAP version 1"));
+    let plan = lines.next().unwrap();
+    let n: usize = plan.strip_prefix("1..").unwrap().parse().unwrap();
+    let skips: Vec<&str> = text.lines().filter(|l| l.starts_with("ok ") && l.contains(" # SKIP ")).collect();
+    assert_eq!(skips.len(), n, "{text}");
+    assert!(skips.iter().all(|l| l.contains("missing (CONFIG_VHOST_KERNEL") || l.contains("not root")), "{text}");
+    assert!(!text.contains("not ok"));
+}
+
+#[test]
+fn serve_without_the_feature_fails_cleanly() {
+    if std::path::Path::new("/dev/vhost-net-kernel").exists() {
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_vhost-kernel-test")).args(["serve", "--timeout", "1"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("/dev/vhost-net-kernel") && !err.contains("panicked"), "{err}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn help_teaches() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vhost-kernel-test")).arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for w in ["run", "attach", "serve", "ping", "Examples:", "h2g=vhostkernel0 g2h=eth0", "SIGUSR1"] {
+        assert!(text.contains(w), "--help lacks {w}:\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn serve_child_failure_is_reported_not_hung() {
+    if std::path::Path::new("/dev/vhost-net-kernel").exists() {
+        return;
+    }
+    let exe = env!("CARGO_BIN_EXE_vhost-kernel-test");
+    let err = match vhost_kernel_test::suite::ServeChild::spawn(exe, false, false, Duration::from_secs(5)).await {
+        Ok(_) => panic!("serve cannot work without /dev/vhost-net-kernel"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("serve child") && err.contains("interfaces"), "{err}");
+}
+
+#[test]
+fn kmsg_marker_sync_sees_our_own_record() {
+    if !root() || !std::path::Path::new(vhost_kernel_test::kmsg::KMSG_PATH).exists() {
+        return;
+    }
+    let m = match vhost_kernel_test::kmsg::KmsgMonitor::start() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("no kmsg here: {e:#}");
+            return;
+        }
+    };
+    let a = m.sync("itest-a", T).unwrap();
+    let b = m.sync("itest-b", T).unwrap();
+    assert!(b > a);
+    assert!(m.lines_since(a).iter().any(|l| l.contains("sync itest-b")));
+}
+
+/// Names the fake-device runs use; they must not run concurrently with each
+/// other (they check that no vhostkernel*/vkfake* interface is left).
+static FAKE_RUNS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn run_fake_device_passes_traffic_and_teardowns_and_cleans_up() {
+    if !root() {
+        return;
+    }
+    let _g = FAKE_RUNS.lock().unwrap_or_else(|p| p.into_inner());
+    let p = format!("{}-", tag("fk"));
+    let out = Command::new(env!("CARGO_BIN_EXE_vhost-kernel-test"))
+        .args(["run", "--fake-device", "--timeout", "10", "--ns-prefix", &p])
+        .args(["--test", "teardown_exit", "--test", "teardown_close_vktest_first", "--test", "teardown_unbind"])
+        .args(["--test", "cleanup_no_leftovers"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.starts_with("KTAP version 1\n1..4\n"), "{text}");
+    for l in ["ok 1 teardown_exit", "ok 2 teardown_close_vktest_first", "ok 4 cleanup_no_leftovers"] {
+        assert!(text.lines().any(|x| x == l), "missing {l:?} in\n{text}");
+    }
+    assert!(text.contains("ok 3 teardown_unbind # SKIP"), "{text}");
+    assert!(text.contains("# h2g -> g2h: 10 transmitted, 10 received, 0.0% loss"), "{text}");
+    assert!(text.contains("# serve: SIGUSR1: removed fake g2h interface"), "{text}");
+    assert!(!netns::exists(&format!("{p}h2g")) && !netns::exists(&format!("{p}g2h")));
+}
+
+#[test]
+fn run_interrupted_by_sigterm_cleans_up() {
+    use std::io::{BufRead, BufReader};
+    if !root() {
+        return;
+    }
+    let _g = FAKE_RUNS.lock().unwrap_or_else(|p| p.into_inner());
+    let p = format!("{}-", tag("ir"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vhost-kernel-test"))
+        .args(["run", "--fake-device", "--timeout", "10", "--ns-prefix", &p, "--test", "teardown_exit"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // The serving child is up and the namespaces exist once this line is out.
+    let mut seen = Vec::new();
+    for l in lines.by_ref() {
+        let l = l.unwrap();
+        seen.push(l.clone());
+        if l.starts_with("# serve: h2g=") {
+            break;
+        }
+    }
+    assert!(seen.last().unwrap().starts_with("# serve: h2g="), "{seen:?}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let st = child.wait().unwrap();
+    assert_eq!(st.code(), Some(143), "{rest:?}");
+    assert!(rest.iter().any(|l| l.contains("interrupted by SIGTERM")), "{rest:?}");
+    assert!(!netns::exists(&format!("{p}h2g")) && !netns::exists(&format!("{p}g2h")));
+}
