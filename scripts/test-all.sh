@@ -1,0 +1,96 @@
+#!/bin/bash
+# All the project's tests, in order; every step runs, the script fails if
+# any step failed.
+#   1. cargo fmt --check          4. shellcheck on the scripts
+#   2. cargo clippy -D warnings   5. checkpatch.pl --strict on the series
+#   3. cargo test                 6. scripts/vmtest (the VM suite on the
+#                                    patched kernel, normal config)
+# Extra arguments go to scripts/vmtest (e.g. --debug, --jobs N).
+set -euo pipefail
+
+# shellcheck source=scripts/lib/common.sh
+. "$(dirname "$0")/lib/common.sh"
+
+PASSED=()
+FAILED=()
+
+# Run one named step, recording its outcome.
+run_step() {
+	local name="$1" t0 rc=0
+	shift
+	t0="$(now)"
+	step "$name"
+	"$@" || rc=$?
+	if [ "$rc" -eq 0 ]; then
+		PASSED+=("$name")
+		step "$name: ok ($(elapsed_since "$t0")s)"
+	else
+		FAILED+=("$name")
+		step "$name: FAILED with status $rc ($(elapsed_since "$t0")s)"
+	fi
+}
+
+need_crate() {
+	[ -f "$VKT_ROOT/Cargo.toml" ] || { printf 'no Cargo.toml: the harness crate is missing\n' >&2; return 1; }
+}
+
+cargo_fmt() { need_crate && (cd "$VKT_ROOT" && cargo fmt --all -- --check); }
+cargo_clippy() { need_crate && (cd "$VKT_ROOT" && cargo clippy --all-targets -- -D warnings); }
+cargo_test() { need_crate && (cd "$VKT_ROOT" && cargo test); }
+
+shell_scripts() {
+	printf '%s\n' "$VKT_ROOT"/scripts/*.sh "$VKT_ROOT/scripts/vmtest" \
+		"$VKT_ROOT"/scripts/lib/*.sh "$VKT_ROOT/.ci/run" \
+		"$VKT_ROOT/selftests/vhost_kernel/vhost_kernel_test.sh"
+}
+
+run_shellcheck() {
+	local files
+	mapfile -t files < <(shell_scripts)
+	(cd "$VKT_ROOT" && shellcheck -x "${files[@]}")
+}
+
+# checkpatch.pl --strict from the extracted 6.12 source on every patch.
+run_checkpatch() {
+	local src p rc=0 patches
+	mapfile -t patches < <(series_patches)
+	if [ "${#patches[@]}" -eq 0 ]; then
+		warn "no kernel-patches/series: nothing to check"
+		return 0
+	fi
+	src="$("$VKT_ROOT/scripts/build-kernel.sh" --print-source | tail -n 1)"
+	for p in "${patches[@]}"; do
+		printf -- '-- %s\n' "$(basename "$p")" >&2
+		(cd "$src" && perl scripts/checkpatch.pl --strict --no-summary --color=never "$p") >&2 || rc=1
+	done
+	return "$rc"
+}
+
+# The VM suite must pass; a skip is only accepted without a series
+# (pristine kernel, nothing to test).
+run_vmtest() {
+	local rc=0
+	"$VKT_ROOT/scripts/vmtest" "$@" || rc=$?
+	if [ "$rc" -eq 4 ] && [ -z "$(series_patches)" ]; then
+		warn "vmtest skipped on a pristine kernel (no kernel-patches/series): accepted"
+		return 0
+	fi
+	return "$rc"
+}
+
+main() {
+	local t0
+	t0="$(now)"
+	run_step "cargo fmt --check" cargo_fmt
+	run_step "cargo clippy" cargo_clippy
+	run_step "cargo test" cargo_test
+	run_step "shellcheck" run_shellcheck
+	run_step "checkpatch" run_checkpatch
+	run_step "vmtest" run_vmtest "$@"
+	step "test-all took $(elapsed_since "$t0")s"
+	[ "${#FAILED[@]}" -eq 0 ] || printf 'failed steps: %s\n' "${FAILED[*]}" >&2
+	printf 'test-all: %d passed, %d failed\n' "${#PASSED[@]}" "${#FAILED[@]}"
+	[ "${#FAILED[@]}" -eq 0 ]
+}
+
+main "$@"
