@@ -5,6 +5,7 @@
 #   2. cargo clippy -D warnings   5. checkpatch.pl --strict on the series
 #   3. cargo test                 6. scripts/vmtest (the VM suite on the
 #                                    patched kernel, normal config)
+#   7. the suite's KTAP read back by the kernel's parser (kunit.py parse)
 # Extra arguments go to scripts/vmtest (e.g. --debug, --jobs N).
 set -euo pipefail
 
@@ -67,10 +68,11 @@ run_checkpatch() {
 }
 
 # The VM suite must pass; a skip is only accepted without a series
-# (pristine kernel, nothing to test).
+# (pristine kernel, nothing to test). Its KTAP is kept in $KTAP_LOG for the
+# parser check.
 run_vmtest() {
 	local rc=0
-	"$VKT_ROOT/scripts/vmtest" "$@" || rc=$?
+	"$VKT_ROOT/scripts/vmtest" "$@" | tee "$KTAP_LOG" || rc="${PIPESTATUS[0]}"
 	if [ "$rc" -eq 4 ] && [ -z "$(series_patches)" ]; then
 		warn "vmtest skipped on a pristine kernel (no kernel-patches/series): accepted"
 		return 0
@@ -78,15 +80,46 @@ run_vmtest() {
 	return "$rc"
 }
 
+# The kernel's own KTAP parser (tools/testing/kunit/kunit.py) must read the
+# suite's output without errors and count what the harness counted.
+check_ktap() {
+	local src parsed totals want got
+	[ -s "$KTAP_LOG" ] || { printf 'no KTAP output to parse\n' >&2; return 1; }
+	src="$("$VKT_ROOT/scripts/build-kernel.sh" --print-source | tail -n 1)"
+	parsed="$(python3 "$src/tools/testing/kunit/kunit.py" parse "$KTAP_LOG" 2>&1)" || {
+		printf '%s\n' "$parsed" >&2
+		return 1
+	}
+	if printf '%s\n' "$parsed" | grep -qiE 'error|could not find|crashed'; then
+		printf '%s\n' "$parsed" >&2
+		return 1
+	fi
+	totals="$(grep -m1 '^# Totals:' "$KTAP_LOG")" || { printf 'no Totals line in the KTAP\n' >&2; return 1; }
+	want="$(printf '%s\n' "$totals" | sed -E 's/.*pass:([0-9]+) fail:([0-9]+).* skip:([0-9]+).*/\1 \2 \3/')"
+	got="$(printf '%s\n' "$parsed" | grep -m1 'Testing complete' |
+		awk '{ p = 0; f = 0; s = 0
+			for (i = 1; i <= NF; i++) {
+				if ($i == "passed:") p = $(i + 1) + 0
+				if ($i == "failed:") f = $(i + 1) + 0
+				if ($i == "skipped:") s = $(i + 1) + 0
+			}
+			print p, f, s }')"
+	printf 'harness pass/fail/skip: %s, kunit parser: %s\n' "$want" "$got" >&2
+	[ "$want" = "$got" ]
+}
+
 main() {
 	local t0
 	t0="$(now)"
+	KTAP_LOG="$(mktemp)"
+	trap 'rm -f "$KTAP_LOG"' EXIT
 	run_step "cargo fmt --check" cargo_fmt
 	run_step "cargo clippy" cargo_clippy
 	run_step "cargo test" cargo_test
 	run_step "shellcheck" run_shellcheck
 	run_step "checkpatch" run_checkpatch
 	run_step "vmtest" run_vmtest "$@"
+	run_step "KTAP parses with kunit.py" check_ktap
 	step "test-all took $(elapsed_since "$t0")s"
 	[ "${#FAILED[@]}" -eq 0 ] || printf 'failed steps: %s\n' "${FAILED[*]}" >&2
 	printf 'test-all: %d passed, %d failed\n' "${#PASSED[@]}" "${#FAILED[@]}"
