@@ -106,6 +106,9 @@ pub const VHOST_NET_SET_BACKEND: u32 = iow::<VhostVringFile>(VHOST_VIRTIO, 0x30)
 /// vktest ioctl type and its one private ioctl (the RFC's vktest uapi).
 pub const VKTEST_TYPE: u32 = 0xBF;
 pub const VKTEST_ATTACH_VHOST: u32 = iow::<libc::c_int>(VKTEST_TYPE, 0x31);
+/// Features vktest offers virtio-net (before attaching); added by the 6.12
+/// port, absent from the RFC (ENOTTY there).
+pub const VKTEST_SET_FEATURES: u32 = iow::<u64>(VKTEST_TYPE, 0x32);
 
 /// TUN ioctls (linux/if_tun.h).
 pub const TUN_TYPE: u32 = b'T' as u32;
@@ -125,6 +128,14 @@ pub const TUN_F_TSO_ECN: u32 = 0x08;
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 pub const VIRTIO_F_ACCESS_PLATFORM: u64 = 1 << 33;
 pub const VHOST_NET_F_VIRTIO_NET_HDR: u64 = 1 << 27;
+/// virtio-net feature bits (include/uapi/linux/virtio_net.h).
+pub const VIRTIO_NET_F_CSUM: u64 = 1 << 0;
+pub const VIRTIO_NET_F_GUEST_CSUM: u64 = 1 << 1;
+pub const VIRTIO_NET_F_GUEST_TSO4: u64 = 1 << 7;
+pub const VIRTIO_NET_F_GUEST_TSO6: u64 = 1 << 8;
+pub const VIRTIO_NET_F_HOST_TSO4: u64 = 1 << 11;
+pub const VIRTIO_NET_F_HOST_TSO6: u64 = 1 << 12;
+pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
 
 /// Size of `struct virtio_net_hdr_mrg_rxbuf`.
 pub const VIRTIO_NET_HDR_MRG_RXBUF_LEN: i32 = 12;
@@ -177,6 +188,7 @@ pub fn name(req: u32) -> &'static str {
         VHOST_SET_VRING_CALL => "VHOST_SET_VRING_CALL",
         VHOST_NET_SET_BACKEND => "VHOST_NET_SET_BACKEND",
         VKTEST_ATTACH_VHOST => "VKTEST_ATTACH_VHOST",
+        VKTEST_SET_FEATURES => "VKTEST_SET_FEATURES",
         TUNSETIFF => "TUNSETIFF",
         TUNSETOFFLOAD => "TUNSETOFFLOAD",
         TUNSETVNETHDRSZ => "TUNSETVNETHDRSZ",
@@ -217,6 +229,7 @@ mod tests {
     #[test]
     fn vktest_and_tun_numbers() {
         assert_eq!(VKTEST_ATTACH_VHOST, 0x4004_BF31);
+        assert_eq!(VKTEST_SET_FEATURES, 0x4008_BF32);
         assert_eq!(TUNSETIFF, 0x4004_54CA);
         assert_eq!(TUNSETOFFLOAD, 0x4004_54D0);
         assert_eq!(TUNSETVNETHDRSZ, 0x4004_54D8);

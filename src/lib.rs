@@ -26,6 +26,7 @@
 //!   linkable for a busybox initramfs.
 
 pub mod attach;
+pub mod bench;
 pub mod fake;
 pub mod icmp;
 pub mod ioctl;

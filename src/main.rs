@@ -11,9 +11,11 @@ use clap::{Parser, Subcommand};
 use tokio::signal::unix::{signal, SignalKind};
 
 use vhost_kernel_test::attach::ATTACH_TESTS;
+use vhost_kernel_test::bench::{bench, BenchOpts};
 use vhost_kernel_test::icmp::{self, Control, PingOpts, PingTarget};
-use vhost_kernel_test::serve::{serve, ServeOpts};
+use vhost_kernel_test::serve::{serve, ServeOpts, TapOffloads};
 use vhost_kernel_test::suite::{all_tests, run_tests, RunOpts};
+use vhost_kernel_test::vhost::FeatureSet;
 
 const ABOUT: &str = "\
 Test harness for kernel-buffer vhost: /dev/vhost-net-kernel (vhost-net whose
@@ -37,9 +39,37 @@ Examples:
       (SIGTERM/SIGINT: close all and exit 0; SIGUSR1: close /dev/vktest only)
   vhost-kernel-test ping --netns h2g --iface vhostkernel0 --dst fe80::1
   vhost-kernel-test ping --netns g2h --iface eth0 --dst fe80:: --flood --duration 10
+  vhost-kernel-test bench                    # vhost vs veth: TCP, UDP RR, ICMPv6 rtt
+  vhost-kernel-test bench --features offloads --json
 
 Exit status of run/attach: 0 all passed (some skips allowed), 1 a test failed,
-4 everything skipped, 130/143 interrupted by SIGINT/SIGTERM.";
+4 everything skipped, 130/143 interrupted by SIGINT/SIGTERM. bench: 0 measured,
+1 failed, 4 devices missing.
+
+Feature sets (--features SET on run, serve, bench): `rfc` (VIRTIO_F_VERSION_1 |
+VIRTIO_F_ACCESS_PLATFORM, the default) or a comma list added to it of csum,
+guest_csum, guest_tso4, guest_tso6, host_tso4, host_tso6, mrg_rxbuf, or
+`offloads` for all of them. vhost-net gets the bits it implements, vktest
+(VKTEST_SET_FEATURES) offers virtio-net the whole set.";
+
+const BENCH_ABOUT: &str = "\
+Benchmark the kernel-buffer vhost path against a veth pair (same kernel, same
+moment). For each feature set (default: rfc, then offloads if
+/dev/vhost-net-kernel offers them) a `serve` child is started with that set and
+TAP offloads derived from it; its TAP goes to <PREFIX>h2g (fe80::) and its
+virtio-net interface to <PREFIX>g2h (fe80::1). The baseline is a veth pair
+between <PREFIX>vb-a (fe80::) and <PREFIX>vb-b (fe80::1).
+
+Figures, each measured for --duration seconds by threads of this process
+inside the namespaces: TCP stream h2g->g2h and g2h->h2g (bytes counted by the
+receiver), UDP 1-byte request/response (one outstanding), ICMPv6 echo round
+trip of 64 and 20000 bytes (min/median/p99). Repetitions alternate vhost and
+veth; the table shows medians and the ratio vhost/veth. The features the
+virtio-net driver negotiated are read from /sys/bus/virtio/devices/DEV/features
+and shown, with any that were asked for but not negotiated.
+
+Exit: 0 everything measured, 1 a figure or set failed, 4 the devices (or root)
+are missing.";
 
 const RUN_ABOUT: &str = "\
 Run the whole suite, KTAP version 1 on stdout.
@@ -96,6 +126,9 @@ enum Cmd {
         /// space; tests needing the real devices are skipped.
         #[arg(long)]
         fake_device: bool,
+        /// Feature set of the serving child (see the end of --help).
+        #[arg(long, value_name = "SET")]
+        features: Option<FeatureSet>,
     },
     /// Only the attach sanity and negative ABI checks, KTAP on stdout.
     Attach,
@@ -111,6 +144,40 @@ enum Cmd {
         #[arg(long, default_value_t = 15)]
         timeout: u64,
         /// Harness self-test: two TAPs bridged in user space stand in for vhost + vktest.
+        #[arg(long)]
+        fake_device: bool,
+        /// Feature set: rfc (default) or a comma list (see the end of --help). Its vhost-net
+        /// part (version_1, access_platform, mrg_rxbuf) goes to VHOST_SET_FEATURES, the
+        /// whole set to VKTEST_SET_FEATURES (what vktest offers virtio-net).
+        #[arg(long, value_name = "SET", default_value = "rfc")]
+        features: FeatureSet,
+        /// TUNSETOFFLOAD: rfc (CSUM|TSO4|TSO6|TSO_ECN) or derived (from the guest
+        /// features: what virtio-net can receive). Default: rfc for the rfc set, else derived.
+        #[arg(long, value_name = "MODE")]
+        tap_offloads: Option<TapOffloads>,
+    },
+    /// Throughput and latency of the vhost path vs a veth pair (table, or --json).
+    #[command(long_about = BENCH_ABOUT)]
+    Bench {
+        /// Seconds of each measurement (each figure, each repetition, each path).
+        #[arg(long, default_value_t = 3.0)]
+        duration: f64,
+        /// Repetitions (medians are reported).
+        #[arg(long, default_value_t = 3)]
+        reps: u32,
+        /// Only this feature set (default: rfc and offloads).
+        #[arg(long, value_name = "SET")]
+        features: Option<FeatureSet>,
+        /// One JSON object on stdout instead of the table (no progress on stderr).
+        #[arg(long)]
+        json: bool,
+        /// Namespace name prefix (<PREFIX>h2g, <PREFIX>g2h, <PREFIX>vb-a, <PREFIX>vb-b).
+        #[arg(long, default_value = "")]
+        ns_prefix: String,
+        /// Limit, in seconds, of every wait (setup, and stalled traffic).
+        #[arg(long, default_value_t = 15)]
+        timeout: u64,
+        /// Harness self-test: serve --fake-device (TAPs bridged in user space) as the "vhost" path.
         #[arg(long)]
         fake_device: bool,
     },
@@ -162,7 +229,7 @@ async fn interruptible(fut: impl std::future::Future<Output = i32>) -> Result<i3
 
 async fn real_main(cli: Cli) -> Result<i32> {
     match cli.cmd {
-        Cmd::Run { ns_prefix, timeout, size, count, flood_window, tests, list, fake_device } => {
+        Cmd::Run { ns_prefix, timeout, size, count, flood_window, tests, list, fake_device, features } => {
             let all = all_tests();
             if list {
                 all.iter().for_each(|t| println!("{t}"));
@@ -183,14 +250,37 @@ async fn real_main(cli: Cli) -> Result<i32> {
                 count,
                 flood_window,
                 fake_device,
+                features: features.map(|f| f.name),
                 ..Default::default()
             };
             interruptible(run_tests(&selected, &opts, std::io::stdout())).await
         }
         Cmd::Attach => interruptible(run_tests(ATTACH_TESTS, &RunOpts::default(), std::io::stdout())).await,
-        Cmd::Serve { json, vhost_hdr, timeout, fake_device } => {
-            serve(&ServeOpts { json, vhost_hdr, timeout: Duration::from_secs(timeout), fake: fake_device }).await?;
+        Cmd::Serve { json, vhost_hdr, timeout, fake_device, features, tap_offloads } => {
+            let opts = ServeOpts {
+                json,
+                vhost_hdr,
+                timeout: Duration::from_secs(timeout),
+                fake: fake_device,
+                features,
+                tap_offloads,
+            };
+            serve(&opts).await?;
             Ok(0)
+        }
+        Cmd::Bench { duration, reps, features, json, ns_prefix, timeout, fake_device } => {
+            anyhow::ensure!(duration.is_finite() && duration > 0.0, "--duration must be a positive number of seconds");
+            let opts = BenchOpts {
+                duration: Duration::from_secs_f64(duration),
+                reps,
+                features,
+                json,
+                ns_prefix,
+                timeout: Duration::from_secs(timeout),
+                fake_device,
+                ..Default::default()
+            };
+            interruptible(bench(&opts)).await
         }
         Cmd::Ping { netns, iface, dst, src, count, size, timeout, flood, duration, window } => {
             let target = PingTarget { netns, iface, dst, src };

@@ -3,14 +3,39 @@
 
 use std::collections::HashSet;
 use std::io::Write;
+use std::os::fd::AsFd;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::attach::Rig;
+use crate::attach::{Eventfds, Rig};
 use crate::fake::FakePair;
+use crate::ioctl::VHOST_NET_F_VIRTIO_NET_HDR;
 use crate::net::{if_index, virtio_device_of, LinkWatcher, Rtnl};
+use crate::tap::{derived_offloads, Tap, TAP_OFFLOADS, TAP_TEMPLATE};
+use crate::vhost::{FeatureSet, VhostNetKernel, RX_QUEUE, TX_QUEUE, VHOST_NET_BITS};
+use crate::vktest::{Vktest, VKTEST_PATH};
+
+/// Which TUNSETOFFLOAD flags the TAP backend gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TapOffloads {
+    /// The RFC's CSUM | TSO4 | TSO6 | TSO_ECN, whatever the features.
+    Rfc,
+    /// Derived from the guest features ([`derived_offloads`]): what g2h can receive.
+    Derived,
+}
+
+impl std::str::FromStr for TapOffloads {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "rfc" => Ok(TapOffloads::Rfc),
+            "derived" => Ok(TapOffloads::Derived),
+            _ => bail!("unknown TAP offload mode {s:?} (valid: rfc, derived)"),
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct ServeOpts {
@@ -23,6 +48,88 @@ pub struct ServeOpts {
     pub timeout: Duration,
     /// Two TAPs bridged in user space instead of vhost + vktest (harness self-test).
     pub fake: bool,
+    /// What VHOST_SET_FEATURES gets (VHOST_NET_F_VIRTIO_NET_HDR is added for `vhost_hdr`).
+    pub features: FeatureSet,
+    /// TUNSETOFFLOAD mode; None: `Rfc` for the rfc set, `Derived` otherwise.
+    pub tap_offloads: Option<TapOffloads>,
+}
+
+impl Default for ServeOpts {
+    fn default() -> Self {
+        ServeOpts {
+            json: false,
+            vhost_hdr: false,
+            timeout: Duration::from_secs(15),
+            fake: false,
+            features: FeatureSet::rfc(),
+            tap_offloads: None,
+        }
+    }
+}
+
+impl ServeOpts {
+    /// The TUNSETOFFLOAD flags of the TAP backend (with IFF_VNET_HDR).
+    pub fn tap_offload_flags(&self) -> u32 {
+        let mode =
+            self.tap_offloads.unwrap_or(if self.features.is_rfc() { TapOffloads::Rfc } else { TapOffloads::Derived });
+        match mode {
+            TapOffloads::Rfc => TAP_OFFLOADS,
+            TapOffloads::Derived => derived_offloads(self.features.bits),
+        }
+    }
+}
+
+/// VKTEST_SET_FEATURES: what vktest offers virtio-net (before attaching).
+pub fn vktest_set_features(vk: &Vktest, features: u64) -> Result<()> {
+    crate::ioctl::ioctl_with_ref(vk.as_fd(), crate::ioctl::VKTEST_SET_FEATURES, &features)
+        .with_context(|| format!("{VKTEST_PATH}: VKTEST_SET_FEATURES {features:#x}"))
+}
+
+/// The serve flow up to (not including) VKTEST_ATTACH_VHOST. With the RFC's
+/// features and TAP offloads this is exactly [`Rig::prepare`]; otherwise the
+/// same sequence, with the vhost-net part of `opts.features`
+/// ([`FeatureSet::vhost_bits`]) for VHOST_SET_FEATURES, the whole set for
+/// VKTEST_SET_FEATURES (so virtio-net negotiates the same), and the chosen
+/// TAP offloads.
+pub fn prepare_rig(opts: &ServeOpts) -> Result<Rig> {
+    let offloads = opts.tap_offload_flags();
+    if opts.features.is_rfc() && offloads == TAP_OFFLOADS {
+        return Rig::prepare(opts.vhost_hdr);
+    }
+    if opts.vhost_hdr && opts.features.bits & !VHOST_NET_BITS != 0 {
+        bail!(
+            "--vhost-hdr with checksum/TSO features ({}): without the TAP's vnet header the offload metadata is lost",
+            opts.features
+        );
+    }
+    let efds = Eventfds::new()?;
+    let vhost = VhostNetKernel::open()?;
+    let vktest = Vktest::open()?;
+    vhost.set_owner()?;
+    for q in [RX_QUEUE, TX_QUEUE] {
+        let i = q as usize;
+        vhost.set_vring_kick(q, efds.kick[i].as_fd())?;
+        vktest.set_vring_kick(q, efds.kick[i].as_fd())?;
+        vhost.set_vring_call(q, efds.call[i].as_fd())?;
+        vktest.set_vring_call(q, efds.call[i].as_fd())?;
+    }
+    let mut features = opts.features.vhost_bits();
+    if opts.vhost_hdr {
+        features |= VHOST_NET_F_VIRTIO_NET_HDR;
+    }
+    vhost.set_features(features).with_context(|| format!("feature set {}", opts.features))?;
+    if !opts.features.is_rfc() {
+        vktest_set_features(&vktest, opts.features.bits).with_context(|| format!("feature set {}", opts.features))?;
+    }
+    let tap = if opts.vhost_hdr {
+        Tap::create(TAP_TEMPLATE, false)?
+    } else {
+        Tap::create_vhost_backend_with(TAP_TEMPLATE, offloads)?
+    };
+    for q in [RX_QUEUE, TX_QUEUE] {
+        vhost.set_backend(q, tap.as_fd())?;
+    }
+    Ok(Rig { vhost, vktest, tap, efds })
 }
 
 /// The two interfaces the serve flow created.
@@ -81,7 +188,7 @@ async fn bring_up(opts: &ServeOpts) -> Result<(Rig, Interfaces)> {
     let mut watcher = LinkWatcher::new(None)?;
     let rtnl = Rtnl::new(None)?;
     let known: HashSet<u32> = rtnl.links().await?.iter().map(|l| l.index).collect();
-    let rig = Rig::prepare(opts.vhost_hdr)?;
+    let rig = prepare_rig(opts)?;
     let tap = rig.tap.name().to_string();
     rig.attach()?;
     let g2h = watcher
@@ -203,5 +310,25 @@ mod tests {
         );
         assert_eq!(Interfaces::parse_json(&i.json_line()).unwrap(), i);
         assert!(Interfaces::parse_json("h2g=x").is_err());
+    }
+
+    #[test]
+    fn tap_offloads_by_default_keep_the_rfc_flow() {
+        use crate::ioctl::*;
+        let rfc = ServeOpts::default();
+        assert_eq!(rfc.tap_offload_flags(), TAP_OFFLOADS);
+        let derived = ServeOpts { tap_offloads: Some(TapOffloads::Derived), ..Default::default() };
+        assert_eq!(derived.tap_offload_flags(), 0);
+        let off = ServeOpts { features: FeatureSet::offloads(), ..Default::default() };
+        assert_eq!(off.tap_offload_flags(), TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6);
+        let forced =
+            ServeOpts { features: FeatureSet::offloads(), tap_offloads: Some(TapOffloads::Rfc), ..Default::default() };
+        assert_eq!(forced.tap_offload_flags(), TAP_OFFLOADS);
+        assert_eq!("derived".parse::<TapOffloads>().unwrap(), TapOffloads::Derived);
+        // Checked before any device is opened.
+        let hdr = ServeOpts { vhost_hdr: true, features: FeatureSet::offloads(), ..Default::default() };
+        let e = prepare_rig(&hdr).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("--vhost-hdr with checksum/TSO features (offloads)"), "{e}");
+        assert!("all".parse::<TapOffloads>().is_err());
     }
 }

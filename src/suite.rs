@@ -64,6 +64,8 @@ pub struct RunOpts {
     pub exe: String,
     /// Harness self-test: `serve --fake-device`; tests needing real devices skip.
     pub fake_device: bool,
+    /// `serve --features SPEC` (None: serve's default, the RFC's set).
+    pub features: Option<String>,
 }
 
 impl Default for RunOpts {
@@ -76,6 +78,7 @@ impl Default for RunOpts {
             flood_window: 4,
             exe: "/proc/self/exe".into(),
             fake_device: false,
+            features: None,
         }
     }
 }
@@ -234,14 +237,21 @@ pub struct ServeChild {
 
 impl ServeChild {
     pub async fn spawn(exe: &str, vhost_hdr: bool, fake: bool, limit: Duration) -> Result<Self> {
-        let mut cmd = Command::new(exe);
-        cmd.arg("serve").arg("--json").arg("--timeout").arg(limit.as_secs().max(1).to_string());
+        let mut extra = Vec::new();
         if vhost_hdr {
-            cmd.arg("--vhost-hdr");
+            extra.push("--vhost-hdr".to_string());
         }
         if fake {
-            cmd.arg("--fake-device");
+            extra.push("--fake-device".to_string());
         }
+        Self::spawn_with(exe, &extra, limit).await
+    }
+
+    /// `exe serve --json --timeout N` followed by `extra` arguments.
+    pub async fn spawn_with(exe: &str, extra: &[String], limit: Duration) -> Result<Self> {
+        let mut cmd = Command::new(exe);
+        cmd.arg("serve").arg("--json").arg("--timeout").arg(limit.as_secs().max(1).to_string());
+        cmd.args(extra);
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true).process_group(0);
         let mut child = cmd.spawn().with_context(|| format!("spawn {exe} serve"))?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("serve child has no stdout"))?;
@@ -371,7 +381,17 @@ pub async fn scenario(kind: Teardown, vhost_hdr: bool, opts: &RunOpts, diag: &mu
     let mut nsg = NetnsGuard::new();
     nsg.create(&opts.h2g_ns())?;
     nsg.create(&opts.g2h_ns())?;
-    let mut child = ServeChild::spawn(&opts.exe, vhost_hdr, opts.fake_device, t).await?;
+    let mut extra = Vec::new();
+    if vhost_hdr {
+        extra.push("--vhost-hdr".to_string());
+    }
+    if opts.fake_device {
+        extra.push("--fake-device".to_string());
+    }
+    if let Some(f) = &opts.features {
+        extra.extend(["--features".to_string(), f.clone()]);
+    }
+    let mut child = ServeChild::spawn_with(&opts.exe, &extra, t).await?;
     let res = scenario_body(kind, &mut child, opts, &mut *diag).await;
     if res.is_err() {
         child.kill_and_wait(t).await;

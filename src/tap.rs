@@ -16,6 +16,24 @@ pub const TAP_TEMPLATE: &str = "vhostkernel%d";
 /// Offloads the RFC enables on its TAP.
 pub const TAP_OFFLOADS: u32 = ioctl::TUN_F_CSUM | ioctl::TUN_F_TSO4 | ioctl::TUN_F_TSO6 | ioctl::TUN_F_TSO_ECN;
 
+/// TAP offloads matching what the guest side (virtio-net) accepts: TUNSETOFFLOAD
+/// decides which GSO / partial-checksum packets the TAP hands to vhost, i.e.
+/// what g2h receives. TSO needs CSUM (tun refuses TSO without it).
+pub fn derived_offloads(features: u64) -> u32 {
+    let has = |bit: u64| features & bit != 0;
+    let mut f = 0;
+    if has(ioctl::VIRTIO_NET_F_GUEST_CSUM) {
+        f |= ioctl::TUN_F_CSUM;
+        if has(ioctl::VIRTIO_NET_F_GUEST_TSO4) {
+            f |= ioctl::TUN_F_TSO4;
+        }
+        if has(ioctl::VIRTIO_NET_F_GUEST_TSO6) {
+            f |= ioctl::TUN_F_TSO6;
+        }
+    }
+    f
+}
+
 #[derive(Debug)]
 pub struct Tap {
     file: File,
@@ -69,8 +87,13 @@ impl Tap {
 
     /// The RFC's backend: VNET_HDR, offloads, 12-byte header.
     pub fn create_vhost_backend(template: &str) -> Result<Self> {
+        Self::create_vhost_backend_with(template, TAP_OFFLOADS)
+    }
+
+    /// A vhost backend (VNET_HDR, 12-byte header) with the given TUNSETOFFLOAD flags.
+    pub fn create_vhost_backend_with(template: &str, offloads: u32) -> Result<Self> {
         let tap = Self::create(template, true)?;
-        tap.set_offload(TAP_OFFLOADS)?;
+        tap.set_offload(offloads)?;
         tap.set_vnet_hdr_size(ioctl::VIRTIO_NET_HDR_MRG_RXBUF_LEN)?;
         Ok(tap)
     }
@@ -79,5 +102,23 @@ impl Tap {
 impl AsFd for Tap {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.file.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ioctl::*;
+
+    #[test]
+    fn offloads_follow_guest_features() {
+        assert_eq!(derived_offloads(VIRTIO_F_VERSION_1 | VIRTIO_F_ACCESS_PLATFORM), 0);
+        assert_eq!(derived_offloads(VIRTIO_NET_F_GUEST_CSUM), TUN_F_CSUM);
+        let all = VIRTIO_NET_F_GUEST_CSUM | VIRTIO_NET_F_GUEST_TSO4 | VIRTIO_NET_F_GUEST_TSO6;
+        assert_eq!(derived_offloads(all), TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6);
+        // TSO without checksum offload is refused by tun: not derived.
+        assert_eq!(derived_offloads(VIRTIO_NET_F_GUEST_TSO4 | VIRTIO_NET_F_GUEST_TSO6), 0);
+        // Host-side (guest TX) features do not change what the TAP hands to vhost.
+        assert_eq!(derived_offloads(VIRTIO_NET_F_CSUM | VIRTIO_NET_F_HOST_TSO4 | VIRTIO_NET_F_MRG_RXBUF), 0);
     }
 }

@@ -151,3 +151,187 @@ impl AsFd for VhostNetKernel {
 pub fn node_exists(path: &str) -> bool {
     Path::new(path).exists()
 }
+
+/// The RFC's feature set: VIRTIO_F_VERSION_1 | VIRTIO_F_ACCESS_PLATFORM.
+pub const RFC_FEATURES: u64 = ioctl::VIRTIO_F_VERSION_1 | ioctl::VIRTIO_F_ACCESS_PLATFORM;
+
+/// The bits of a feature set that vhost-net itself implements, i.e. what goes
+/// to VHOST_SET_FEATURES (upstream vhost-net refuses the checksum/TSO bits with
+/// EOPNOTSUPP: they concern only virtio-net and the TAP's offloads). The whole
+/// set goes to vktest (VKTEST_SET_FEATURES), which offers it to virtio-net.
+pub const VHOST_NET_BITS: u64 = RFC_FEATURES | ioctl::VIRTIO_NET_F_MRG_RXBUF;
+
+/// virtio-net feature names accepted by `--features`, with their bits.
+pub const NET_FEATURES: &[(&str, u64)] = &[
+    ("csum", ioctl::VIRTIO_NET_F_CSUM),
+    ("guest_csum", ioctl::VIRTIO_NET_F_GUEST_CSUM),
+    ("guest_tso4", ioctl::VIRTIO_NET_F_GUEST_TSO4),
+    ("guest_tso6", ioctl::VIRTIO_NET_F_GUEST_TSO6),
+    ("host_tso4", ioctl::VIRTIO_NET_F_HOST_TSO4),
+    ("host_tso6", ioctl::VIRTIO_NET_F_HOST_TSO6),
+    ("mrg_rxbuf", ioctl::VIRTIO_NET_F_MRG_RXBUF),
+];
+
+/// Every name of [`NET_FEATURES`] (the `offloads` shorthand).
+pub const OFFLOAD_FEATURES: u64 = {
+    let mut bits = 0;
+    let mut i = 0;
+    while i < NET_FEATURES.len() {
+        bits |= NET_FEATURES[i].1;
+        i += 1;
+    }
+    bits
+};
+
+/// Names of the bits in `bits` (`version_1`, `access_platform`, the
+/// [`NET_FEATURES`] names, `vhost_net_hdr`, `bitN` for anything else).
+pub fn feature_names(bits: u64) -> Vec<String> {
+    (0..64)
+        .filter(|b| bits & (1u64 << b) != 0)
+        .map(|b| {
+            let bit = 1u64 << b;
+            match bit {
+                ioctl::VIRTIO_F_VERSION_1 => "version_1".to_string(),
+                ioctl::VIRTIO_F_ACCESS_PLATFORM => "access_platform".to_string(),
+                ioctl::VHOST_NET_F_VIRTIO_NET_HDR => "vhost_net_hdr".to_string(),
+                _ => NET_FEATURES
+                    .iter()
+                    .find(|(_, v)| *v == bit)
+                    .map(|(n, _)| n.to_string())
+                    .unwrap_or_else(|| format!("bit{b}")),
+            }
+        })
+        .collect()
+}
+
+/// A feature set for VHOST_SET_FEATURES: `rfc` (the RFC's bits) or a comma
+/// list of [`NET_FEATURES`] names (or `offloads`, all of them) added to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeatureSet {
+    /// Canonical spelling: `rfc`, `offloads`, or the names in bit order.
+    pub name: String,
+    pub bits: u64,
+}
+
+impl Default for FeatureSet {
+    fn default() -> Self {
+        Self::rfc()
+    }
+}
+
+impl FeatureSet {
+    pub fn rfc() -> Self {
+        FeatureSet { name: "rfc".into(), bits: RFC_FEATURES }
+    }
+
+    pub fn offloads() -> Self {
+        FeatureSet { name: "offloads".into(), bits: RFC_FEATURES | OFFLOAD_FEATURES }
+    }
+
+    pub fn is_rfc(&self) -> bool {
+        self.bits == RFC_FEATURES
+    }
+
+    /// What VHOST_SET_FEATURES gets ([`VHOST_NET_BITS`] of the set).
+    pub fn vhost_bits(&self) -> u64 {
+        self.bits & VHOST_NET_BITS
+    }
+
+    /// Parse `rfc`, `offloads`, or e.g. `csum,guest_csum,mrg_rxbuf`.
+    pub fn parse(spec: &str) -> Result<Self> {
+        let mut bits = RFC_FEATURES;
+        for word in spec.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            bits |= match word {
+                "rfc" => RFC_FEATURES,
+                "offloads" => OFFLOAD_FEATURES,
+                _ => NET_FEATURES.iter().find(|(n, _)| *n == word).map(|(_, b)| *b).ok_or_else(|| {
+                    let names: Vec<&str> = NET_FEATURES.iter().map(|(n, _)| *n).collect();
+                    anyhow::anyhow!("unknown feature {word:?} in {spec:?} (valid: rfc, offloads, {})", names.join(", "))
+                })?,
+            };
+        }
+        Ok(Self::from_bits(bits))
+    }
+
+    fn from_bits(bits: u64) -> Self {
+        let name = if bits == RFC_FEATURES {
+            "rfc".to_string()
+        } else if bits == RFC_FEATURES | OFFLOAD_FEATURES {
+            "offloads".to_string()
+        } else {
+            feature_names(bits & OFFLOAD_FEATURES).join(",")
+        };
+        FeatureSet { name, bits }
+    }
+}
+
+impl std::str::FromStr for FeatureSet {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::parse(s)
+    }
+}
+
+impl std::fmt::Display for FeatureSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+/// Parse a virtio device's `features` sysfs attribute: one '0'/'1' per bit,
+/// bit 0 first (only the first 64 bits are kept).
+pub fn parse_sysfs_features(s: &str) -> Result<u64> {
+    let s = s.trim();
+    anyhow::ensure!(!s.is_empty() && s.bytes().all(|c| c == b'0' || c == b'1'), "not a feature bit string: {s:?}");
+    Ok(s.bytes().take(64).enumerate().filter(|(_, c)| *c == b'1').fold(0, |acc, (i, _)| acc | 1u64 << i))
+}
+
+/// Features the driver negotiated on virtio device `dev` (e.g. "virtio0").
+pub fn virtio_negotiated_features(dev: &str) -> Result<u64> {
+    let p = format!("/sys/bus/virtio/devices/{dev}/features");
+    let s = std::fs::read_to_string(&p).with_context(|| format!("read {p}"))?;
+    parse_sysfs_features(&s).with_context(|| format!("parse {p}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feature_sets_parse() {
+        assert_eq!(FeatureSet::parse("rfc").unwrap(), FeatureSet::rfc());
+        assert_eq!(FeatureSet::rfc().bits, 0x3_0000_0000);
+        let o = FeatureSet::parse("offloads").unwrap();
+        assert_eq!(o, FeatureSet::offloads());
+        assert_eq!(o.bits, 0x3_0000_9983);
+        let all = "csum,guest_csum,host_tso4,host_tso6,guest_tso4,guest_tso6,mrg_rxbuf";
+        assert_eq!(FeatureSet::parse(all).unwrap(), o);
+        let c = FeatureSet::parse("mrg_rxbuf, csum").unwrap();
+        assert_eq!(c.bits, RFC_FEATURES | 1 | 1 << 15);
+        assert_eq!(c.name, "csum,mrg_rxbuf");
+        assert!(!c.is_rfc() && FeatureSet::rfc().is_rfc());
+        assert_eq!(c.vhost_bits(), RFC_FEATURES | 1 << 15);
+        assert_eq!(o.vhost_bits(), RFC_FEATURES | 1 << 15);
+        assert_eq!(FeatureSet::rfc().vhost_bits(), RFC_FEATURES);
+        assert_eq!(FeatureSet::parse("rfc,").unwrap().name, "rfc");
+        let e = FeatureSet::parse("csum,tso").unwrap_err().to_string();
+        assert!(e.contains("\"tso\"") && e.contains("guest_tso6"), "{e}");
+    }
+
+    #[test]
+    fn names_of_bits() {
+        assert_eq!(feature_names(RFC_FEATURES), ["version_1", "access_platform"]);
+        assert_eq!(feature_names(1 | 1 << 5 | 1 << 27), ["csum", "bit5", "vhost_net_hdr"]);
+    }
+
+    #[test]
+    fn sysfs_features() {
+        let mut s = "0".repeat(64);
+        s.replace_range(32..34, "11");
+        s.replace_range(1..2, "1");
+        assert_eq!(parse_sysfs_features(&format!("{s}\n")).unwrap(), RFC_FEATURES | 2);
+        assert_eq!(parse_sysfs_features("1").unwrap(), 1);
+        assert!(parse_sysfs_features("").is_err());
+        assert!(parse_sysfs_features("10x").is_err());
+    }
+}
