@@ -92,6 +92,11 @@ impl Control {
         self.cv.notify_all();
     }
 
+    /// Good replies so far.
+    pub fn replies(&self) -> u64 {
+        *self.replies.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Wait until at least `n` good replies arrived; false after `limit`.
     pub fn wait_replies(&self, n: u64, limit: Duration) -> bool {
         let g = self.replies.lock().unwrap_or_else(|p| p.into_inner());
@@ -402,6 +407,11 @@ impl BackgroundPing {
         let c = ctl.clone();
         let handle = std::thread::spawn(move || ping(&target, &opts, &c));
         BackgroundPing { ctl, handle: Some(handle) }
+    }
+
+    /// The shared stop flag and reply counter (to wait from another thread).
+    pub fn control(&self) -> Arc<Control> {
+        self.ctl.clone()
     }
 
     /// Wait until `n` replies came back (the flood is really flowing).

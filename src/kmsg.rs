@@ -88,24 +88,42 @@ struct Shared {
 #[derive(Clone)]
 pub struct KmsgMonitor {
     shared: Arc<(Mutex<Shared>, Condvar)>,
+    path: Arc<str>,
 }
 
 impl KmsgMonitor {
     pub fn start() -> Result<Self> {
+        Self::start_at(KMSG_PATH)
+    }
+
+    /// Monitor the kernel log device at `path` (/dev/kmsg; another path only
+    /// to test the harness's handling of an unusable log). Anything but a
+    /// readable character device is an error that says so.
+    pub fn start_at(path: &str) -> Result<Self> {
+        use std::os::unix::fs::FileTypeExt;
         let mut f = OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(KMSG_PATH)
-            .with_context(|| format!("open {KMSG_PATH}"))?;
+            .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open(path)
+            .with_context(|| format!("open {path}"))?;
+        let ft = f.metadata().with_context(|| format!("fstat {path}"))?.file_type();
+        if !ft.is_char_device() {
+            bail!("{path} is not a character device (the kernel log is /dev/kmsg)");
+        }
         // Skip what was logged before we started.
-        f.seek(SeekFrom::End(0)).with_context(|| format!("seek {KMSG_PATH} to end"))?;
+        f.seek(SeekFrom::End(0)).with_context(|| format!("seek {path} to end"))?;
+        // Blocking reads from here on (O_NONBLOCK only kept the open from hanging).
+        nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()))
+            .with_context(|| format!("fcntl {path}: clear O_NONBLOCK"))?;
         let shared = Arc::new((Mutex::new(Shared::default()), Condvar::new()));
         let s2 = shared.clone();
+        let p2: Arc<str> = Arc::from(path);
+        let p3 = p2.clone();
         std::thread::Builder::new()
             .name("kmsg".into())
-            .spawn(move || reader(f, s2))
+            .spawn(move || reader(f, s2, &p3))
             .context("spawn kmsg reader thread")?;
-        Ok(KmsgMonitor { shared })
+        Ok(KmsgMonitor { shared, path: p2 })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
@@ -126,9 +144,9 @@ impl KmsgMonitor {
     /// it, so every message logged before this call has been collected.
     pub fn sync(&self, tag: &str, limit: Duration) -> Result<usize> {
         let marker = format!("vhost-kernel-test: sync {tag} {}", std::process::id());
-        let mut w =
-            OpenOptions::new().write(true).open(KMSG_PATH).with_context(|| format!("open {KMSG_PATH} for writing"))?;
-        w.write_all(format!("<6>{marker}\n").as_bytes()).with_context(|| format!("write marker to {KMSG_PATH}"))?;
+        let path = &*self.path;
+        let mut w = OpenOptions::new().write(true).open(path).with_context(|| format!("open {path} for writing"))?;
+        w.write_all(format!("<6>{marker}\n").as_bytes()).with_context(|| format!("write marker to {path}"))?;
         let deadline = Instant::now() + limit;
         let (m, cv) = &*self.shared;
         let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
@@ -156,13 +174,13 @@ impl KmsgMonitor {
     }
 }
 
-fn reader(mut f: File, shared: Arc<(Mutex<Shared>, Condvar)>) {
+fn reader(mut f: File, shared: Arc<(Mutex<Shared>, Condvar)>, path: &str) {
     let mut buf = vec![0u8; 16384];
     loop {
         match f.read(&mut buf) {
             Ok(0) => {
                 let (m, cv) = &*shared;
-                m.lock().unwrap_or_else(|p| p.into_inner()).error = Some(format!("end of file on {KMSG_PATH}"));
+                m.lock().unwrap_or_else(|p| p.into_inner()).error = Some(format!("end of file on {path}"));
                 cv.notify_all();
                 return;
             }
@@ -178,7 +196,7 @@ fn reader(mut f: File, shared: Arc<(Mutex<Shared>, Condvar)>) {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 let (m, cv) = &*shared;
-                m.lock().unwrap_or_else(|p| p.into_inner()).error = Some(e.to_string());
+                m.lock().unwrap_or_else(|p| p.into_inner()).error = Some(format!("read {path}: {e}"));
                 cv.notify_all();
                 return;
             }
@@ -289,6 +307,14 @@ virtio_net virtio1: unbound, warning-free teardown";
         assert_eq!(found.len(), 3);
         assert!(found[0].starts_with("WARNING: CPU: 1 PID: 312"));
         assert_eq!(found[1], "Modules linked in:");
+    }
+
+    #[test]
+    fn unusable_log_paths_are_errors_not_panics() {
+        let e = KmsgMonitor::start_at("/nonexistent/kmsg").err().map(|e| format!("{e:#}")).unwrap_or_default();
+        assert!(e.contains("open /nonexistent/kmsg"), "{e}");
+        let e = KmsgMonitor::start_at("/").err().map(|e| format!("{e:#}")).unwrap_or_default();
+        assert!(e.contains("/ is not a character device"), "{e}");
     }
 
     #[test]

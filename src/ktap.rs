@@ -17,6 +17,8 @@ pub const EXIT_ALL_SKIPPED: i32 = 4;
 
 pub struct Ktap<W: Write> {
     out: W,
+    /// Prefix of every line: empty at the top level, four spaces per nesting level.
+    indent: String,
     next: usize,
     pass: usize,
     fail: usize,
@@ -25,12 +27,21 @@ pub struct Ktap<W: Write> {
 
 impl<W: Write> Ktap<W> {
     pub fn new(out: W) -> Self {
-        Ktap { out, next: 1, pass: 0, fail: 0, skip: 0 }
+        Ktap { out, indent: String::new(), next: 1, pass: 0, fail: 0, skip: 0 }
+    }
+
+    /// A subtest writer on the same output (KTAP v1 nesting: every line
+    /// indented four more spaces). Its header, results and diagnostics go
+    /// between this writer's lines; report its verdict here with
+    /// [`Ktap::result`] and [`Ktap::outcome`] once it is done.
+    pub fn nested(&mut self) -> Ktap<&mut W> {
+        let indent = format!("{}    ", self.indent);
+        Ktap { out: &mut self.out, indent, next: 1, pass: 0, fail: 0, skip: 0 }
     }
 
     fn line(&mut self, s: &str) {
         // A closed stdout must not turn into a panic; results are also in the exit code.
-        let _ = writeln!(self.out, "{s}");
+        let _ = writeln!(self.out, "{}{s}", self.indent);
         let _ = self.out.flush();
     }
 
@@ -73,6 +84,21 @@ impl<W: Write> Ktap<W> {
         self.line(&s);
     }
 
+    /// (pass, fail, skip) counted so far.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        (self.pass, self.fail, self.skip)
+    }
+
+    /// The verdict of everything reported so far, as one outcome for the
+    /// parent of a nested writer: any failure fails, all skipped skips.
+    pub fn outcome(&self, skip_reason: &str) -> Outcome {
+        match self.exit_code() {
+            EXIT_FAIL => Outcome::Fail,
+            EXIT_ALL_SKIPPED => Outcome::Skip(skip_reason.to_string()),
+            _ => Outcome::Pass,
+        }
+    }
+
     pub fn exit_code(&self) -> i32 {
         if self.fail > 0 {
             EXIT_FAIL
@@ -111,6 +137,36 @@ mod tests {
             "KTAP version 1\n1..3\nok 1 a\n# two\n# lines\nnot ok 2 b\nok 3 c # SKIP no device\n\
              # Totals: pass:1 fail:1 xfail:0 xpass:0 skip:1 error:0\n"
         );
+    }
+
+    #[test]
+    fn nested_subtests_are_indented() {
+        let mut k = Ktap::new(Vec::new());
+        k.header(2);
+        for i in 1..=2 {
+            let mut sub = k.nested();
+            sub.header(2);
+            sub.result("a", &Outcome::Pass);
+            sub.diag("why");
+            sub.result("b", if i == 1 { &Outcome::Pass } else { &Outcome::Fail });
+            let o = sub.outcome("none ran");
+            k.result(&format!("iteration-{i}"), &o);
+        }
+        assert_eq!(k.counts(), (1, 1, 0));
+        assert_eq!(k.exit_code(), EXIT_FAIL);
+        assert_eq!(
+            text(k),
+            "KTAP version 1\n1..2\n    KTAP version 1\n    1..2\n    ok 1 a\n    # why\n    ok 2 b\n\
+             ok 1 iteration-1\n    KTAP version 1\n    1..2\n    ok 1 a\n    # why\n    not ok 2 b\n\
+             not ok 2 iteration-2\n"
+        );
+        let mut k = Ktap::new(Vec::new());
+        let mut sub = k.nested();
+        sub.result("a", &Outcome::Skip("x".into()));
+        assert_eq!(sub.outcome("all skipped"), Outcome::Skip("all skipped".into()));
+        let mut sub2 = sub.nested();
+        sub2.diag("deep");
+        assert_eq!(text(k), "    ok 1 a # SKIP x\n        # deep\n");
     }
 
     #[test]

@@ -20,6 +20,11 @@
 //!   "the serving process exits" is a real process exit.
 //! - `--fake-device` ([`fake`]) replaces vhost + vktest by two TAPs bridged in
 //!   user space, to test the harness itself on kernels without the feature.
+//! - `run --repeat N` nests each pass as a KTAP v1 subtest and stops at the
+//!   first kernel report; [`races`] holds the attach/close loop and its
+//!   leftover snapshot (interfaces, vdpa devices, fds); [`fuzz`] drives random
+//!   ioctl sequences against a table of allowed errnos, with its own
+//!   xorshift generator (seed printed for replay).
 //! - Crates: nix/libc (syscalls), rtnetlink (netlink, tokio), tokio
 //!   (current-thread runtime, signals, child processes), clap (CLI), anyhow
 //!   (errors with context). No netns crate, no DNS, no /etc: statically
@@ -28,12 +33,14 @@
 pub mod attach;
 pub mod bench;
 pub mod fake;
+pub mod fuzz;
 pub mod icmp;
 pub mod ioctl;
 pub mod kmsg;
 pub mod ktap;
 pub mod net;
 pub mod netns;
+pub mod races;
 pub mod serve;
 pub mod suite;
 pub mod tap;

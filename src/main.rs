@@ -12,9 +12,10 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use vhost_kernel_test::attach::ATTACH_TESTS;
 use vhost_kernel_test::bench::{bench, BenchOpts};
+use vhost_kernel_test::fuzz::{fresh_seed, fuzz, FuzzOpts, Limit};
 use vhost_kernel_test::icmp::{self, Control, PingOpts, PingTarget};
-use vhost_kernel_test::serve::{serve, ServeOpts, TapOffloads};
-use vhost_kernel_test::suite::{all_tests, run_tests, RunOpts};
+use vhost_kernel_test::serve::{serve, CloseOrder, ServeOpts, TapOffloads};
+use vhost_kernel_test::suite::{all_tests, run_tests, run_tests_repeated, RunOpts};
 use vhost_kernel_test::vhost::FeatureSet;
 
 const ABOUT: &str = "\
@@ -33,16 +34,20 @@ Examples:
   vhost-kernel-test run --list               # test point names
   vhost-kernel-test run --test teardown_unbind --ns-prefix t1-
   vhost-kernel-test attach                   # ABI sanity/negative checks only
+  vhost-kernel-test fuzz --duration 60       # random ioctl sequences, errnos checked
+  vhost-kernel-test fuzz --seed 7 --phase 3 --count 120   # replay what a failure printed
   vhost-kernel-test run --fake-device        # self-test of the harness on any kernel
+  vhost-kernel-test run --repeat 20          # soak: 20 passes, KTAP subtests, stop at a kernel report
   vhost-kernel-test serve                    # prints: h2g=vhostkernel0 g2h=eth0
   vhost-kernel-test serve --json             # {\"h2g\":...,\"g2h\":...,\"h2g_ifindex\":N,...}
-      (SIGTERM/SIGINT: close all and exit 0; SIGUSR1: close /dev/vktest only)
+      (SIGTERM/SIGINT: close all and exit 0; SIGUSR1: close /dev/vktest only;
+       SIGUSR2: close /dev/vhost-net-kernel only; each prints `closed PATH`)
   vhost-kernel-test ping --netns h2g --iface vhostkernel0 --dst fe80::1
   vhost-kernel-test ping --netns g2h --iface eth0 --dst fe80:: --flood --duration 10
   vhost-kernel-test bench                    # vhost vs veth: TCP, UDP RR, ICMPv6 rtt
   vhost-kernel-test bench --features offloads --json
 
-Exit status of run/attach: 0 all passed (some skips allowed), 1 a test failed,
+Exit status of run/attach/fuzz: 0 all passed (some skips allowed), 1 a test failed,
 4 everything skipped, 130/143 interrupted by SIGINT/SIGTERM. bench: 0 measured,
 1 failed, 4 devices missing.
 
@@ -51,6 +56,22 @@ VIRTIO_F_ACCESS_PLATFORM, the default) or a comma list added to it of csum,
 guest_csum, guest_tso4, guest_tso6, host_tso4, host_tso6, mrg_rxbuf, or
 `offloads` for all of them. vhost-net gets the bits it implements, vktest
 (VKTEST_SET_FEATURES) offers virtio-net the whole set.";
+
+const FUZZ_ABOUT: &str = "\
+Random but valid-shaped sequences of the ioctls of /dev/vhost-net-kernel and
+/dev/vktest: opens and closes of both nodes, eventfds, TAPs and /dev/null;
+SET_OWNER, GET/SET_FEATURES (random bits), SET_VRING_KICK/CALL and
+SET_BACKEND (random indexes, out of range included; fds of the wrong kind,
+closed fds, -1), the refused ioctls, VKTEST_SET_FEATURES, VKTEST_ATTACH_VHOST
+in random order (also after attach), NULL arguments, ioctls of the other
+node, and now and then the valid serve wiring so that attaches succeed.
+
+Every result must be one the interface allows for that call (a table in
+src/fuzz.rs): an unexpected errno, a success where the call must fail, or a
+kernel report fails the phase, with a replay line. KTAP: one test point per
+phase (fuzz_phase_K); a phase starts from nothing and ends by closing all
+and checking that no interface, vdpa device or fd is left. The seed is the
+first diagnostic line. Exit: 0 pass, 1 fail, 4 devices (or root) missing.";
 
 const BENCH_ABOUT: &str = "\
 Benchmark the kernel-buffer vhost path against a veth pair (same kernel, same
@@ -85,9 +106,23 @@ then tears down while traffic flows:
   teardown_unbind              virtio_net unbound via sysfs, then exit
   teardown_unbind_rebind       unbound and bound again; traffic must work again
   traffic_vhost_net_hdr        as teardown_exit, vhost adds the virtio-net header
+then the end check (cleanup_no_leftovers), then the race scenarios:
+  teardown_close_vhost_first   vhost fd closed first (SIGUSR2): traffic goes on
+                               (vktest holds the device); then vktest, then exit
+  teardown_close_both_reverse  the serving process closes vktest, then vhost, exits
+  teardown_sigkill_mid_flood   the serving process is SIGKILLed mid-flood
+  teardown_rebind_repeated     5 unbind/bind rounds, each mid-flood, traffic after each
+  attach_close_loop            --cycles times: open, wire, attach, wait for the
+                               interface, close, wait for it to go; then no
+                               interface, vdpa device or fd may be left
 Any kernel WARNING/BUG/KASAN/UBSAN/lockdep/RCU/kmemleak/hung-task/oops report
 logged during a test point fails it (quoted as # lines). Stale namespaces with
-our names are removed first. Exit: 0 pass, 1 fail, 4 all skipped.";
+our names are removed first. Exit: 0 pass, 1 fail, 4 all skipped.
+
+--repeat N runs the selected points N times in this process (a soak): each
+pass is a KTAP v1 subtest (indented `KTAP version 1`, `1..M`, results), then
+`ok K iteration-K` at the top level (plan 1..N). The first kernel report ends
+the soak: the rest is reported as skipped.";
 
 #[derive(Parser)]
 #[command(name = "vhost-kernel-test", version, about = ABOUT, after_help = EXAMPLES)]
@@ -129,9 +164,44 @@ enum Cmd {
         /// Feature set of the serving child (see the end of --help).
         #[arg(long, value_name = "SET")]
         features: Option<FeatureSet>,
+        /// Run every selected test point N times in this process: KTAP subtest
+        /// iteration-K per pass; stops at the first kernel report.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        repeat: Option<u32>,
+        /// Open/wire/attach/close cycles of attach_close_loop.
+        #[arg(long, value_name = "N", default_value_t = vhost_kernel_test::races::DEFAULT_CYCLES)]
+        cycles: u32,
+        /// Harness self-test: read the kernel log from this path instead of /dev/kmsg.
+        #[arg(long, value_name = "PATH", hide = true, default_value = vhost_kernel_test::kmsg::KMSG_PATH)]
+        kmsg_path: String,
+        /// Harness self-test: `# step: NAME` diagnostics as scenarios reach their steps.
+        #[arg(long, hide = true)]
+        progress: bool,
     },
     /// Only the attach sanity and negative ABI checks, KTAP on stdout.
     Attach,
+    /// Random valid-shaped ioctl sequences on both nodes; every errno must be an allowed one.
+    #[command(long_about = FUZZ_ABOUT)]
+    Fuzz {
+        /// Seed of the generator (printed as `# seed: S`; default: from the clock).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Run for this many seconds (10 phases).
+        #[arg(long, value_name = "SECS", conflicts_with = "count")]
+        duration: Option<f64>,
+        /// Make this many calls (phases of 250; default 2000).
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// Replay one phase alone (with the --seed and --count it printed).
+        #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
+        phase: Option<u64>,
+        /// Limit, in seconds, of every wait.
+        #[arg(long, default_value_t = 15)]
+        timeout: u64,
+        /// Harness self-test: read the kernel log from this path instead of /dev/kmsg.
+        #[arg(long, value_name = "PATH", hide = true, default_value = vhost_kernel_test::kmsg::KMSG_PATH)]
+        kmsg_path: String,
+    },
     /// Set up vhost-net-kernel + vktest + TAP, attach, print the interfaces, hold until SIGTERM/SIGINT.
     Serve {
         /// Print the interface line as JSON (with ifindexes and the virtio device).
@@ -155,6 +225,9 @@ enum Cmd {
         /// features: what virtio-net can receive). Default: rfc for the rfc set, else derived.
         #[arg(long, value_name = "MODE")]
         tap_offloads: Option<TapOffloads>,
+        /// Order of closing the device fds at exit: vhost-first (default) or vktest-first.
+        #[arg(long, value_name = "ORDER", default_value = "vhost-first")]
+        close_order: CloseOrder,
     },
     /// Throughput and latency of the vhost path vs a veth pair (table, or --json).
     #[command(long_about = BENCH_ABOUT)]
@@ -229,7 +302,21 @@ async fn interruptible(fut: impl std::future::Future<Output = i32>) -> Result<i3
 
 async fn real_main(cli: Cli) -> Result<i32> {
     match cli.cmd {
-        Cmd::Run { ns_prefix, timeout, size, count, flood_window, tests, list, fake_device, features } => {
+        Cmd::Run {
+            ns_prefix,
+            timeout,
+            size,
+            count,
+            flood_window,
+            tests,
+            list,
+            fake_device,
+            features,
+            repeat,
+            cycles,
+            kmsg_path,
+            progress,
+        } => {
             let all = all_tests();
             if list {
                 all.iter().for_each(|t| println!("{t}"));
@@ -251,12 +338,35 @@ async fn real_main(cli: Cli) -> Result<i32> {
                 flood_window,
                 fake_device,
                 features: features.map(|f| f.name),
+                kmsg_path,
+                cycles,
+                progress,
                 ..Default::default()
             };
-            interruptible(run_tests(&selected, &opts, std::io::stdout())).await
+            match repeat {
+                Some(n) => interruptible(run_tests_repeated(&selected, &opts, n as usize, std::io::stdout())).await,
+                None => interruptible(run_tests(&selected, &opts, std::io::stdout())).await,
+            }
+        }
+        Cmd::Fuzz { seed, duration, count, phase, timeout, kmsg_path } => {
+            let limit = match duration {
+                Some(d) => {
+                    anyhow::ensure!(d.is_finite() && d > 0.0, "--duration must be a positive number of seconds");
+                    Limit::Duration(Duration::from_secs_f64(d))
+                }
+                None => Limit::Count(count.unwrap_or(2000)),
+            };
+            let opts = FuzzOpts {
+                seed: seed.unwrap_or_else(fresh_seed),
+                limit,
+                phase,
+                timeout: Duration::from_secs(timeout),
+                kmsg_path,
+            };
+            interruptible(fuzz(&opts, std::io::stdout())).await
         }
         Cmd::Attach => interruptible(run_tests(ATTACH_TESTS, &RunOpts::default(), std::io::stdout())).await,
-        Cmd::Serve { json, vhost_hdr, timeout, fake_device, features, tap_offloads } => {
+        Cmd::Serve { json, vhost_hdr, timeout, fake_device, features, tap_offloads, close_order } => {
             let opts = ServeOpts {
                 json,
                 vhost_hdr,
@@ -264,6 +374,7 @@ async fn real_main(cli: Cli) -> Result<i32> {
                 fake: fake_device,
                 features,
                 tap_offloads,
+                close_order,
             };
             serve(&opts).await?;
             Ok(0)

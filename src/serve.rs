@@ -14,7 +14,7 @@ use crate::fake::FakePair;
 use crate::ioctl::VHOST_NET_F_VIRTIO_NET_HDR;
 use crate::net::{if_index, virtio_device_of, LinkWatcher, Rtnl};
 use crate::tap::{derived_offloads, Tap, TAP_OFFLOADS, TAP_TEMPLATE};
-use crate::vhost::{FeatureSet, VhostNetKernel, RX_QUEUE, TX_QUEUE, VHOST_NET_BITS};
+use crate::vhost::{FeatureSet, VhostNetKernel, RX_QUEUE, TX_QUEUE, VHOST_NET_BITS, VHOST_NET_KERNEL_PATH};
 use crate::vktest::{Vktest, VKTEST_PATH};
 
 /// Which TUNSETOFFLOAD flags the TAP backend gets.
@@ -37,6 +37,38 @@ impl std::str::FromStr for TapOffloads {
     }
 }
 
+/// In which order the serving process closes its two device fds when it
+/// exits on SIGTERM/SIGINT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CloseOrder {
+    /// /dev/vhost-net-kernel, then /dev/vktest (what serve always did).
+    #[default]
+    VhostFirst,
+    /// /dev/vktest, then /dev/vhost-net-kernel.
+    VktestFirst,
+}
+
+impl std::str::FromStr for CloseOrder {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "vhost-first" => Ok(CloseOrder::VhostFirst),
+            "vktest-first" => Ok(CloseOrder::VktestFirst),
+            _ => bail!("unknown close order {s:?} (valid: vhost-first, vktest-first)"),
+        }
+    }
+}
+
+/// What serve prints on stdout once it has closed a device fd on a signal
+/// (after the interface line): `closed PATH`, or `{"closed":"PATH"}` with --json.
+pub fn closed_line(path: &str, json: bool) -> String {
+    if json {
+        format!("{{\"closed\":\"{path}\"}}")
+    } else {
+        format!("closed {path}")
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ServeOpts {
     /// Print the interface line as JSON.
@@ -52,6 +84,8 @@ pub struct ServeOpts {
     pub features: FeatureSet,
     /// TUNSETOFFLOAD mode; None: `Rfc` for the rfc set, `Derived` otherwise.
     pub tap_offloads: Option<TapOffloads>,
+    /// Order of closing the device fds at exit.
+    pub close_order: CloseOrder,
 }
 
 impl Default for ServeOpts {
@@ -63,6 +97,7 @@ impl Default for ServeOpts {
             fake: false,
             features: FeatureSet::rfc(),
             tap_offloads: None,
+            close_order: CloseOrder::VhostFirst,
         }
     }
 }
@@ -236,10 +271,18 @@ async fn bring_up_any(opts: &ServeOpts) -> Result<(Held, Interfaces)> {
     }
 }
 
+/// Print one line on stdout and flush it (the parent waits for these lines).
+fn say(line: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").context("write to stdout")?;
+    out.flush().context("flush stdout")
+}
+
 pub async fn serve(opts: &ServeOpts) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
     let mut usr1 = signal(SignalKind::user_defined1()).context("install SIGUSR1 handler")?;
+    let mut usr2 = signal(SignalKind::user_defined2()).context("install SIGUSR2 handler")?;
 
     let (held, ifs) = tokio::select! {
         r = bring_up_any(opts) => r?,
@@ -247,29 +290,44 @@ pub async fn serve(opts: &ServeOpts) -> Result<()> {
         _ = int.recv() => bail!("SIGINT during setup"),
     };
     let line = if opts.json { ifs.json_line() } else { ifs.text_line() };
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}").context("write interface line")?;
-    out.flush().context("flush stdout")?;
-    drop(out);
+    say(&line).context("interface line")?;
 
     match held {
         Held::Real(rig) => {
             let Rig { vhost, vktest, tap, efds } = rig;
-            let mut vktest = Some(vktest);
+            let (mut vhost, mut vktest) = (Some(vhost), Some(vktest));
             loop {
                 tokio::select! {
                     _ = term.recv() => break,
                     _ = int.recv() => break,
                     _ = usr1.recv() => {
                         if vktest.take().is_some() {
-                            eprintln!("SIGUSR1: closed /dev/vktest, still holding /dev/vhost-net-kernel");
+                            eprintln!("SIGUSR1: closed /dev/vktest, still holding {}",
+                                if vhost.is_some() { VHOST_NET_KERNEL_PATH } else { "the TAP" });
+                            say(&closed_line(VKTEST_PATH, opts.json))?;
+                        }
+                    }
+                    _ = usr2.recv() => {
+                        if vhost.take().is_some() {
+                            eprintln!("SIGUSR2: closed {VHOST_NET_KERNEL_PATH}, {}",
+                                if vktest.is_some() { "still holding /dev/vktest" } else { "/dev/vktest already closed" });
+                            say(&closed_line(VHOST_NET_KERNEL_PATH, opts.json))?;
                         }
                     }
                 }
             }
-            // Close vhost before vktest (teardown scenario 2 covers the other order).
-            drop(vhost);
-            drop(vktest);
+            // By default vhost before vktest (teardown_close_vktest_first and
+            // teardown_close_both_reverse cover the other order).
+            match opts.close_order {
+                CloseOrder::VhostFirst => {
+                    drop(vhost);
+                    drop(vktest);
+                }
+                CloseOrder::VktestFirst => {
+                    drop(vktest);
+                    drop(vhost);
+                }
+            }
             drop(tap);
             drop(efds);
         }
@@ -281,6 +339,12 @@ pub async fn serve(opts: &ServeOpts) -> Result<()> {
                     _ = usr1.recv() => {
                         fake.close_g2h()?;
                         eprintln!("SIGUSR1: removed fake g2h interface {}", fake.g2h);
+                        say(&closed_line(VKTEST_PATH, opts.json))?;
+                    }
+                    _ = usr2.recv() => {
+                        // Like the real pair: the device stays while "vktest" holds it.
+                        eprintln!("SIGUSR2: fake pair has no vhost fd, interfaces kept");
+                        say(&closed_line(VHOST_NET_KERNEL_PATH, opts.json))?;
                     }
                 }
             }
@@ -330,5 +394,14 @@ mod tests {
         let e = prepare_rig(&hdr).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("--vhost-hdr with checksum/TSO features (offloads)"), "{e}");
         assert!("all".parse::<TapOffloads>().is_err());
+    }
+
+    #[test]
+    fn close_order_and_closed_lines() {
+        assert_eq!("vktest-first".parse::<CloseOrder>().unwrap(), CloseOrder::VktestFirst);
+        assert_eq!("vhost-first".parse::<CloseOrder>().unwrap(), CloseOrder::default());
+        assert!("both".parse::<CloseOrder>().is_err());
+        assert_eq!(closed_line("/dev/vktest", false), "closed /dev/vktest");
+        assert_eq!(closed_line("/dev/vhost-net-kernel", true), r#"{"closed":"/dev/vhost-net-kernel"}"#);
     }
 }

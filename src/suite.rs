@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::net::Ipv6Addr;
+use std::os::fd::AsFd;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -15,10 +16,11 @@ use tokio::time::timeout;
 
 use crate::attach::{run_attach_test, ATTACH_TESTS};
 use crate::icmp::{ping, BackgroundPing, Control, PingOpts, PingStats, PingTarget};
-use crate::kmsg::{kmemleak_report, kmemleak_scan, KmsgMonitor};
+use crate::kmsg::{kmemleak_report, kmemleak_scan, KmsgMonitor, KMSG_PATH};
 use crate::ktap::{Ktap, Outcome, EXIT_ALL_SKIPPED};
 use crate::net::{place_interface, virtio_device_of, wait_addr_usable, Link, LinkWatcher, Rtnl};
 use crate::netns::{self, NetnsGuard};
+use crate::serve::closed_line;
 use crate::serve::Interfaces;
 use crate::vhost::{node_exists, VHOST_NET_KERNEL_PATH};
 use crate::vktest::VKTEST_PATH;
@@ -43,9 +45,19 @@ pub const SCENARIO_TESTS: &[&str] = &[
     "cleanup_no_leftovers",
 ];
 
+/// The race scenarios added for the soak (after the original points, so
+/// those keep their numbers).
+pub const RACE_TESTS: &[&str] = &[
+    "teardown_close_vhost_first",
+    "teardown_close_both_reverse",
+    "teardown_sigkill_mid_flood",
+    "teardown_rebind_repeated",
+    "attach_close_loop",
+];
+
 /// Every test point of `run`, in order.
 pub fn all_tests() -> Vec<&'static str> {
-    ATTACH_TESTS.iter().chain(SCENARIO_TESTS).copied().collect()
+    ATTACH_TESTS.iter().chain(SCENARIO_TESTS).chain(RACE_TESTS).copied().collect()
 }
 
 #[derive(Debug, Clone)]
@@ -66,6 +78,13 @@ pub struct RunOpts {
     pub fake_device: bool,
     /// `serve --features SPEC` (None: serve's default, the RFC's set).
     pub features: Option<String>,
+    /// The kernel log the monitor reads (normally /dev/kmsg).
+    pub kmsg_path: String,
+    /// Open/attach/close cycles of `attach_close_loop`.
+    pub cycles: u32,
+    /// Diagnostics `step: NAME` as a scenario reaches its steps (for tests
+    /// that interrupt a run at a given step).
+    pub progress: bool,
 }
 
 impl Default for RunOpts {
@@ -79,6 +98,9 @@ impl Default for RunOpts {
             exe: "/proc/self/exe".into(),
             fake_device: false,
             features: None,
+            kmsg_path: KMSG_PATH.into(),
+            cycles: crate::races::DEFAULT_CYCLES,
+            progress: false,
         }
     }
 }
@@ -232,6 +254,7 @@ impl Floods {
 pub struct ServeChild {
     child: Child,
     stderr: Option<tokio::task::JoinHandle<Vec<String>>>,
+    stdout: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
     pub ifs: Interfaces,
 }
 
@@ -264,11 +287,15 @@ impl ServeChild {
             }
             out
         });
-        let mut me = ServeChild { child, stderr: Some(stderr), ifs: Interfaces::default() };
-        let mut lines = BufReader::new(stdout).lines();
+        let mut me = ServeChild {
+            child,
+            stderr: Some(stderr),
+            stdout: BufReader::new(stdout).lines(),
+            ifs: Interfaces::default(),
+        };
         let wait = limit * 2;
         let line = tokio::select! {
-            r = timeout(wait, lines.next_line()) => match r {
+            r = timeout(wait, me.stdout.next_line()) => match r {
                 Ok(Ok(Some(l))) => Ok(l),
                 Ok(Ok(None)) => Err(anyhow!("serve child closed stdout without printing its interfaces")),
                 Ok(Err(e)) => Err(anyhow::Error::new(e).context("read serve child's stdout")),
@@ -305,6 +332,40 @@ impl ServeChild {
         }
     }
 
+    /// Wait for the next stdout line of the child (after its interface
+    /// line) and check that it is `want`.
+    pub async fn expect_line(&mut self, want: &str, limit: Duration) -> Result<()> {
+        match timeout(limit, self.stdout.next_line()).await {
+            Ok(Ok(Some(l))) if l == want => Ok(()),
+            Ok(Ok(Some(l))) => bail!("serve child printed {l:?}, expected {want:?}"),
+            Ok(Ok(None)) => bail!("serve child closed stdout while we waited for {want:?}"),
+            Ok(Err(e)) => Err(anyhow::Error::new(e).context("read serve child's stdout")),
+            Err(_) => {
+                bail!("timed out after {:.0}s waiting for the serve child to print {want:?}", limit.as_secs_f64())
+            }
+        }
+    }
+
+    /// Signal the child, then wait for its `closed PATH` line.
+    pub async fn close_on_signal(&mut self, sig: Signal, path: &str, limit: Duration) -> Result<()> {
+        self.signal(sig)?;
+        self.expect_line(&closed_line(path, true), limit).await.with_context(|| format!("after {sig}"))
+    }
+
+    /// SIGKILL and reap; the child must have died of that signal.
+    pub async fn sigkill(&mut self, limit: Duration) -> Result<()> {
+        use std::os::unix::process::ExitStatusExt;
+        self.signal(Signal::SIGKILL)?;
+        let st = timeout(limit, self.child.wait())
+            .await
+            .map_err(|_| anyhow!("serve child not reaped within {:.0}s of SIGKILL", limit.as_secs_f64()))?
+            .context("wait for serve child")?;
+        if st.signal() != Some(libc::SIGKILL) {
+            bail!("serve child ended with {st}, not by SIGKILL");
+        }
+        Ok(())
+    }
+
     pub fn signal(&self, sig: Signal) -> Result<()> {
         let pid = self.child.id().ok_or_else(|| anyhow!("serve child already reaped"))?;
         kill(Pid::from_raw(pid as i32), sig).with_context(|| format!("kill({pid}, {sig})"))
@@ -332,6 +393,46 @@ impl ServeChild {
     }
 }
 
+/// How long dropping a still running [`ServeChild`] waits for it to die.
+const DROP_REAP_LIMIT: Duration = Duration::from_secs(10);
+
+impl Drop for ServeChild {
+    /// A run interrupted by a signal (or failing) drops its child: SIGKILL
+    /// it and wait (bounded) for it to die, so that its interfaces are gone
+    /// before the namespaces are deleted and no process is left behind.
+    fn drop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        let Some(pid) = self.child.id() else { return };
+        let _ = self.child.start_kill();
+        let _ = wait_pid_exit(pid as i32, DROP_REAP_LIMIT);
+    }
+}
+
+/// Wait until process `pid` (our child) has exited, at most `limit`, and reap it.
+fn wait_pid_exit(pid: i32, limit: Duration) -> Result<()> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("pidfd_open({pid})"));
+    }
+    // SAFETY: `fd` was just returned by pidfd_open and is owned by nobody else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let ms = u16::try_from(limit.as_millis()).unwrap_or(u16::MAX);
+    let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::from(ms)) {
+        Ok(0) => bail!("process {pid} still alive {:.0}s after SIGKILL", limit.as_secs_f64()),
+        Ok(_) => {}
+        Err(e) => return Err(e).with_context(|| format!("poll pidfd of {pid}")),
+    }
+    // Reap it (tokio may have done so already: ECHILD is fine).
+    let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+    Ok(())
+}
+
 /// SIGTERM the child, wait for its clean exit, then for each (namespace,
 /// ifindex, name) in `gone` the interface's removal (watchers are set up
 /// before the signal, so no event is missed).
@@ -339,6 +440,16 @@ pub async fn terminate_and_wait_gone(
     child: &mut ServeChild,
     gone: &[(&str, u32, &str)],
     limit: Duration,
+) -> Result<()> {
+    end_and_wait_gone(child, gone, limit, false).await
+}
+
+/// As [`terminate_and_wait_gone`], with SIGKILL instead of SIGTERM if `kill`.
+async fn end_and_wait_gone(
+    child: &mut ServeChild,
+    gone: &[(&str, u32, &str)],
+    limit: Duration,
+    kill: bool,
 ) -> Result<()> {
     let mut watchers = Vec::new();
     for (ns, idx, name) in gone {
@@ -349,9 +460,14 @@ pub async fn terminate_and_wait_gone(
             watchers.push((w, *idx, *name, *ns));
         }
     }
-    child.terminate(limit).await?;
+    if kill {
+        child.sigkill(limit).await?;
+    } else {
+        child.terminate(limit).await?;
+    }
+    let how = if kill { "was killed" } else { "exited" };
     for (mut w, idx, name, ns) in watchers {
-        w.wait_del_link(idx, limit, &format!("{name} in namespace {ns} to go away after the serving process exited"))
+        w.wait_del_link(idx, limit, &format!("{name} in namespace {ns} to go away after the serving process {how}"))
             .await?;
     }
     Ok(())
@@ -363,6 +479,25 @@ pub enum Teardown {
     CloseVktestFirst,
     Unbind,
     UnbindRebind,
+    /// SIGUSR2 (vhost fd closed; traffic must go on, vktest holds the
+    /// device), SIGUSR1 (vktest closed: g2h goes), then exit.
+    CloseVhostFirst,
+    /// Exit, with serve closing /dev/vktest before /dev/vhost-net-kernel.
+    CloseBothReverse,
+    /// SIGKILL of the serving process during the flood.
+    SigkillMidFlood,
+    /// Unbind and bind virtio_net [`REBIND_ROUNDS`] times, each under a
+    /// fresh two-way flood, traffic verified after each.
+    RebindRepeated,
+}
+
+/// Unbind/bind rounds of `teardown_rebind_repeated`.
+pub const REBIND_ROUNDS: usize = 5;
+
+impl Teardown {
+    fn needs_real_device(self) -> bool {
+        matches!(self, Teardown::Unbind | Teardown::UnbindRebind | Teardown::RebindRepeated)
+    }
 }
 
 fn write_sysfs(path: &str, value: &str) -> Result<()> {
@@ -381,6 +516,9 @@ pub async fn scenario(kind: Teardown, vhost_hdr: bool, opts: &RunOpts, diag: &mu
     let mut nsg = NetnsGuard::new();
     nsg.create(&opts.h2g_ns())?;
     nsg.create(&opts.g2h_ns())?;
+    if opts.progress {
+        diag("step: namespaces-created".into());
+    }
     let mut extra = Vec::new();
     if vhost_hdr {
         extra.push("--vhost-hdr".to_string());
@@ -390,6 +528,9 @@ pub async fn scenario(kind: Teardown, vhost_hdr: bool, opts: &RunOpts, diag: &mu
     }
     if let Some(f) = &opts.features {
         extra.extend(["--features".to_string(), f.clone()]);
+    }
+    if kind == Teardown::CloseBothReverse {
+        extra.extend(["--close-order".to_string(), "vktest-first".to_string()]);
     }
     let mut child = ServeChild::spawn_with(&opts.exe, &extra, t).await?;
     let res = scenario_body(kind, &mut child, opts, &mut *diag).await;
@@ -415,6 +556,9 @@ async fn scenario_body(
     diag(format!("serve: h2g={} g2h={}{dev}", ifs.h2g, ifs.g2h));
     let root = Rtnl::new(None)?;
     let pair = setup_pair(&root, (ifs.h2g_ifindex, &ifs.h2g), (ifs.g2h_ifindex, &ifs.g2h), &h2g_ns, &g2h_ns, t).await?;
+    if opts.progress {
+        diag("step: traffic".into());
+    }
     let (a, b) = verify_two_way(&pair, opts.count, opts.size, t).await?;
     diag(format!("h2g -> g2h: {}", a.summary()));
     diag(format!("g2h -> h2g: {}", b.summary()));
@@ -430,43 +574,86 @@ async fn scenario_body(
     .map_err(|e| anyhow!("flood wait task failed: {e}"))?;
     let res: Result<()> = async {
         flowing?;
+        if opts.progress {
+            diag("step: teardown".into());
+        }
+        let g2h_gone = (g2h_ns.as_str(), g2h_idx, ifs.g2h.as_str());
         match kind {
-            Teardown::Exit => {
-                terminate_and_wait_gone(child, &[h2g_gone, (g2h_ns.as_str(), g2h_idx, ifs.g2h.as_str())], t).await
+            Teardown::Exit | Teardown::CloseBothReverse => {
+                terminate_and_wait_gone(child, &[h2g_gone, g2h_gone], t).await
             }
+            Teardown::SigkillMidFlood => end_and_wait_gone(child, &[h2g_gone, g2h_gone], t, true).await,
             Teardown::CloseVktestFirst => {
                 let mut w = LinkWatcher::new(Some(&g2h_ns))?;
                 child.signal(Signal::SIGUSR1)?;
                 w.wait_del_link(g2h_idx, t, &format!("{} to go away after closing /dev/vktest", ifs.g2h)).await?;
                 terminate_and_wait_gone(child, &[h2g_gone], t).await
             }
-            Teardown::Unbind | Teardown::UnbindRebind => {
-                anyhow::ensure!(!ifs.g2h_device.is_empty(), "no virtio device known for {}", ifs.g2h);
+            Teardown::CloseVhostFirst => {
                 let mut w = LinkWatcher::new(Some(&g2h_ns))?;
-                write_sysfs(&format!("{VIRTIO_NET_DRIVER}/unbind"), &ifs.g2h_device)?;
-                w.wait_del_link(g2h_idx, t, &format!("{} to go away after unbinding virtio_net", ifs.g2h)).await?;
-                if kind == Teardown::Unbind {
-                    return terminate_and_wait_gone(child, &[h2g_gone], t).await;
-                }
-                let mut rw = LinkWatcher::new(None)?;
-                let known: HashSet<u32> = root.links().await?.iter().map(|l| l.index).collect();
-                write_sysfs(&format!("{VIRTIO_NET_DRIVER}/bind"), &ifs.g2h_device)?;
-                let new = rw
-                    .wait_new_link(
-                        &known,
-                        is_virtio_net,
-                        t,
-                        &format!("a virtio-net interface to appear after binding {}", ifs.g2h_device),
-                    )
-                    .await?;
-                diag(format!("rebound: {} is back as {}", ifs.g2h_device, new.name));
-                let new_idx = place(&root, new.index, &new.name, &g2h_ns, G2H_ADDR, t).await?;
-                Rtnl::new(Some(&h2g_ns))?.flush_neighbours(pair.h2g_index).await?;
-                let pair2 = Pair { g2h_if: new.name.clone(), g2h_index: new_idx, ..pair.clone() };
+                child.close_on_signal(Signal::SIGUSR2, VHOST_NET_KERNEL_PATH, t).await?;
+                // vktest still holds the vhost file: both floods go on.
+                let more = FLOOD_WARMUP_REPLIES;
+                wait_more_replies(&floods, more, t)
+                    .await
+                    .context("traffic after closing the vhost fd (vktest still holds the device)")?;
+                diag(format!("vhost fd closed: both floods got {more} more replies"));
+                child.close_on_signal(Signal::SIGUSR1, VKTEST_PATH, t).await?;
+                w.wait_del_link(g2h_idx, t, &format!("{} to go away after closing /dev/vktest", ifs.g2h)).await?;
+                terminate_and_wait_gone(child, &[h2g_gone], t).await
+            }
+            Teardown::Unbind => {
+                let dev = virtio_dev(&ifs)?;
+                unbind(dev, &g2h_ns, g2h_idx, &ifs.g2h, t).await?;
+                terminate_and_wait_gone(child, &[h2g_gone], t).await
+            }
+            Teardown::UnbindRebind => {
+                let dev = virtio_dev(&ifs)?;
+                let pair2 = unbind_rebind(&root, dev, &pair, opts, diag).await?;
                 let (a, b) = verify_two_way(&pair2, opts.count, opts.size, t).await?;
                 diag(format!("after rebind h2g -> g2h: {}", a.summary()));
                 diag(format!("after rebind g2h -> h2g: {}", b.summary()));
-                terminate_and_wait_gone(child, &[h2g_gone, (g2h_ns.as_str(), new_idx, new.name.as_str())], t).await
+                let new_gone = (g2h_ns.as_str(), pair2.g2h_index, pair2.g2h_if.as_str());
+                terminate_and_wait_gone(child, &[h2g_gone, new_gone], t).await
+            }
+            Teardown::RebindRepeated => {
+                let dev = virtio_dev(&ifs)?;
+                let mut cur = pair.clone();
+                for round in 1..=REBIND_ROUNDS {
+                    // Round 1 races with the flood started above; later rounds with their own.
+                    let own = if round == 1 {
+                        None
+                    } else {
+                        let f = start_floods(&cur, opts.size, opts.flood_window);
+                        let (f, r) = tokio::task::spawn_blocking(move || {
+                            let r = f.wait_flowing(FLOOD_WARMUP_REPLIES, t);
+                            (f, r)
+                        })
+                        .await
+                        .map_err(|e| anyhow!("flood wait task failed: {e}"))?;
+                        if let Err(e) = r {
+                            let said = tokio::task::spawn_blocking(move || f.stop()).await.unwrap_or_default();
+                            said.into_iter().for_each(&mut *diag);
+                            return Err(e.context(format!("rebind round {round}")));
+                        }
+                        Some(f)
+                    };
+                    let res = unbind_rebind(&root, dev, &cur, opts, diag).await;
+                    if let Some(f) = own {
+                        let said = tokio::task::spawn_blocking(move || f.stop()).await.unwrap_or_default();
+                        said.into_iter().for_each(&mut *diag);
+                    }
+                    cur = res.with_context(|| format!("rebind round {round}/{REBIND_ROUNDS}"))?;
+                    let (a, b) = verify_two_way(&cur, opts.count, opts.size, t)
+                        .await
+                        .with_context(|| format!("traffic after rebind round {round}/{REBIND_ROUNDS}"))?;
+                    diag(format!(
+                        "round {round}/{REBIND_ROUNDS}: h2g -> g2h {}/{}, g2h -> h2g {}/{} replies",
+                        a.received, a.transmitted, b.received, b.transmitted
+                    ));
+                }
+                let new_gone = (g2h_ns.as_str(), cur.g2h_index, cur.g2h_if.as_str());
+                terminate_and_wait_gone(child, &[h2g_gone, new_gone], t).await
             }
         }
     }
@@ -474,6 +661,57 @@ async fn scenario_body(
     let stopped = tokio::task::spawn_blocking(move || floods.stop()).await.unwrap_or_default();
     stopped.into_iter().for_each(&mut *diag);
     res
+}
+
+fn virtio_dev(ifs: &Interfaces) -> Result<&str> {
+    anyhow::ensure!(!ifs.g2h_device.is_empty(), "no virtio device known for {}", ifs.g2h);
+    Ok(&ifs.g2h_device)
+}
+
+/// Unbind virtio_net from `dev` and wait for interface `idx` of `ns` to go.
+async fn unbind(dev: &str, ns: &str, idx: u32, name: &str, t: Duration) -> Result<()> {
+    let mut w = LinkWatcher::new(Some(ns))?;
+    write_sysfs(&format!("{VIRTIO_NET_DRIVER}/unbind"), dev)?;
+    w.wait_del_link(idx, t, &format!("{name} to go away after unbinding virtio_net from {dev}")).await?;
+    Ok(())
+}
+
+/// Unbind virtio_net from `dev`, bind it again, wait for the new interface,
+/// place it into the g2h namespace and forget h2g's neighbours. Returns the
+/// pair with the new g2h interface.
+async fn unbind_rebind(
+    root: &Rtnl,
+    dev: &str,
+    pair: &Pair,
+    opts: &RunOpts,
+    diag: &mut dyn FnMut(String),
+) -> Result<Pair> {
+    let t = opts.timeout;
+    unbind(dev, &pair.g2h_ns, pair.g2h_index, &pair.g2h_if, t).await?;
+    let mut rw = LinkWatcher::new(None)?;
+    let known: HashSet<u32> = root.links().await?.iter().map(|l| l.index).collect();
+    write_sysfs(&format!("{VIRTIO_NET_DRIVER}/bind"), dev)?;
+    let new = rw
+        .wait_new_link(&known, is_virtio_net, t, &format!("a virtio-net interface to appear after binding {dev}"))
+        .await?;
+    diag(format!("rebound: {dev} is back as {}", new.name));
+    let new_idx = place(root, new.index, &new.name, &pair.g2h_ns, G2H_ADDR, t).await?;
+    Rtnl::new(Some(&pair.h2g_ns))?.flush_neighbours(pair.h2g_index).await?;
+    Ok(Pair { g2h_if: new.name.clone(), g2h_index: new_idx, ..pair.clone() })
+}
+
+/// Wait until both floods got `n` more replies than they have now.
+async fn wait_more_replies(floods: &Floods, n: u64, t: Duration) -> Result<()> {
+    let (h, g) = (floods.h2g.control(), floods.g2h.control());
+    let (h0, g0) = (h.replies(), g.replies());
+    let (a, b) = tokio::task::spawn_blocking(move || (h.wait_replies(h0 + n, t), g.wait_replies(g0 + n, t)))
+        .await
+        .map_err(|e| anyhow!("reply wait task failed: {e}"))?;
+    if !a || !b {
+        let which: Vec<&str> = [(a, "h2g -> g2h"), (b, "g2h -> h2g")].iter().filter(|x| !x.0).map(|x| x.1).collect();
+        bail!("flood {} got fewer than {n} replies within {:.0}s", which.join(" and "), t.as_secs_f64());
+    }
+    Ok(())
 }
 
 /// Neither of our namespaces nor any vhostkernel interface is left.
@@ -503,13 +741,24 @@ async fn run_one(name: &str, opts: &RunOpts, diag: &mut dyn FnMut(String)) -> Re
         "teardown_unbind" => Some((Teardown::Unbind, false)),
         "teardown_unbind_rebind" => Some((Teardown::UnbindRebind, false)),
         "traffic_vhost_net_hdr" => Some((Teardown::Exit, true)),
+        "teardown_close_vhost_first" => Some((Teardown::CloseVhostFirst, false)),
+        "teardown_close_both_reverse" => Some((Teardown::CloseBothReverse, false)),
+        "teardown_sigkill_mid_flood" => Some((Teardown::SigkillMidFlood, false)),
+        "teardown_rebind_repeated" => Some((Teardown::RebindRepeated, false)),
         _ => None,
     };
     if let Some((kind, hdr)) = teardown {
-        if opts.fake_device && (hdr || matches!(kind, Teardown::Unbind | Teardown::UnbindRebind)) {
+        if opts.fake_device && (hdr || kind.needs_real_device()) {
             return Ok(Outcome::Skip("needs the real virtio device (--fake-device)".into()));
         }
         scenario(kind, hdr, opts, diag).await?;
+        return Ok(Outcome::Pass);
+    }
+    if name == "attach_close_loop" {
+        if opts.fake_device {
+            return Ok(Outcome::Skip("needs /dev/vhost-net-kernel and /dev/vktest (--fake-device)".into()));
+        }
+        crate::races::attach_close_loop(opts.cycles, opts.timeout, diag).await?;
         return Ok(Outcome::Pass);
     }
     if name == "cleanup_no_leftovers" {
@@ -536,34 +785,50 @@ pub fn remove_stale_namespaces(opts: &RunOpts, k: &mut Ktap<impl std::io::Write>
     Ok(())
 }
 
-/// Run `tests` as KTAP on `out`; returns the exit code.
-pub async fn run_tests(tests: &[&str], opts: &RunOpts, out: impl std::io::Write) -> i32 {
-    let mut k = Ktap::new(out);
-    k.header(tests.len());
-    if let Some(reason) = skip_reason().filter(|_| !opts.fake_device) {
-        k.diag(&reason);
-        for t in tests {
-            k.result(t, &Outcome::Skip(reason.clone()));
-        }
-        k.totals();
-        return EXIT_ALL_SKIPPED;
-    }
-    if tests.iter().any(|t| SCENARIO_TESTS.contains(t)) {
-        if let Err(e) = remove_stale_namespaces(opts, &mut k) {
-            k.diag(&format!("{e:#}"));
-        }
-    }
-    let kmsg = match KmsgMonitor::start() {
-        Ok(m) => Some(m),
-        Err(e) => {
-            k.diag(&format!("kernel log not monitored: {e:#}"));
-            None
-        }
-    };
-    for (i, t) in tests.iter().enumerate() {
+/// Where the kernel health of a test point comes from (the /dev/kmsg
+/// monitor; a scripted log in unit tests).
+pub trait KernelLog {
+    /// A position before a test point (after a marker round trip when possible).
+    fn begin(&self, tag: &str, limit: Duration) -> usize;
+    /// After the point: why the check may be incomplete, and the report
+    /// lines logged since `pos`.
+    fn end(&self, pos: usize, tag: &str, limit: Duration) -> (Option<String>, Vec<String>);
+}
+
+impl KernelLog for KmsgMonitor {
+    fn begin(&self, tag: &str, limit: Duration) -> usize {
         // Without a marker (e.g. printk.devkmsg=off) fall back to what was read so far.
-        let start =
-            kmsg.as_ref().map(|m| m.sync(&format!("start-{}", i + 1), opts.timeout).unwrap_or_else(|_| m.position()));
+        self.sync(tag, limit).unwrap_or_else(|_| self.position())
+    }
+
+    fn end(&self, pos: usize, tag: &str, limit: Duration) -> (Option<String>, Vec<String>) {
+        let incomplete = self.sync(tag, limit).err().map(|e| format!("{e:#}"));
+        (incomplete, self.splats_since(pos))
+    }
+}
+
+/// Why a pass over the test points stopped early.
+const STOPPED_AFTER_REPORT: &str = "not run: stopped after a kernel report";
+
+/// Run `tests` once, reporting each on `k`. Kernel markers are tagged with
+/// `tag` and the point's number. With `stop_on_report`, the first point
+/// during which the kernel logged a report ends the pass: the remaining
+/// points are reported as skipped. Returns the name of that point, if any.
+async fn run_points<W: std::io::Write>(
+    k: &mut Ktap<W>,
+    tests: &[&str],
+    opts: &RunOpts,
+    kmsg: Option<&dyn KernelLog>,
+    tag: &str,
+    stop_on_report: bool,
+) -> Option<String> {
+    let mut reported = None;
+    for (i, t) in tests.iter().enumerate() {
+        if reported.is_some() {
+            k.result(t, &Outcome::Skip(STOPPED_AFTER_REPORT.into()));
+            continue;
+        }
+        let start = kmsg.map(|m| m.begin(&format!("start-{tag}{}", i + 1), opts.timeout));
         let mut outcome = match run_one(t, opts, &mut |d: String| k.diag(&d)).await {
             Ok(o) => o,
             Err(e) => {
@@ -571,12 +836,12 @@ pub async fn run_tests(tests: &[&str], opts: &RunOpts, out: impl std::io::Write)
                 Outcome::Fail
             }
         };
-        if let (Some(m), Some(pos)) = (&kmsg, start) {
+        if let (Some(m), Some(pos)) = (kmsg, start) {
             let scanned = kmemleak_scan();
-            if let Err(e) = m.sync(&format!("end-{}", i + 1), opts.timeout) {
-                k.diag(&format!("kernel log check incomplete: {e:#}"));
+            let (incomplete, splats) = m.end(pos, &format!("end-{tag}{}", i + 1), opts.timeout);
+            if let Some(e) = incomplete {
+                k.diag(&format!("kernel log check incomplete: {e}"));
             }
-            let splats = m.splats_since(pos);
             if !splats.is_empty() {
                 k.diag(&format!("kernel reported a problem during {t}:"));
                 for l in &splats {
@@ -588,9 +853,112 @@ pub async fn run_tests(tests: &[&str], opts: &RunOpts, out: impl std::io::Write)
                     }
                 }
                 outcome = Outcome::Fail;
+                if stop_on_report {
+                    reported = Some(t.to_string());
+                }
             }
         }
         k.result(t, &outcome);
+    }
+    reported
+}
+
+/// What every run does before its first test point: say why nothing can run
+/// (Err with the reason), remove stale namespaces, start the kernel log monitor.
+fn prepare_run<W: std::io::Write>(
+    tests: &[&str],
+    opts: &RunOpts,
+    k: &mut Ktap<W>,
+) -> std::result::Result<Option<KmsgMonitor>, String> {
+    if let Some(reason) = skip_reason().filter(|_| !opts.fake_device) {
+        return Err(reason);
+    }
+    if tests.iter().any(|t| SCENARIO_TESTS.contains(t) || RACE_TESTS.contains(t)) {
+        if let Err(e) = remove_stale_namespaces(opts, k) {
+            k.diag(&format!("{e:#}"));
+        }
+    }
+    Ok(match KmsgMonitor::start_at(&opts.kmsg_path) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            k.diag(&format!("kernel log not monitored: {e:#}"));
+            None
+        }
+    })
+}
+
+/// Run `tests` as KTAP on `out`; returns the exit code.
+pub async fn run_tests(tests: &[&str], opts: &RunOpts, out: impl std::io::Write) -> i32 {
+    let mut k = Ktap::new(out);
+    k.header(tests.len());
+    let kmsg = match prepare_run(tests, opts, &mut k) {
+        Ok(m) => m,
+        Err(reason) => {
+            k.diag(&reason);
+            for t in tests {
+                k.result(t, &Outcome::Skip(reason.clone()));
+            }
+            k.totals();
+            return EXIT_ALL_SKIPPED;
+        }
+    };
+    run_points(&mut k, tests, opts, kmsg.as_ref().map(|m| m as &dyn KernelLog), "", false).await;
+    k.totals();
+    k.exit_code()
+}
+
+/// `run --repeat N`: every test point `n` times in this process, each pass
+/// a KTAP v1 subtest `iteration-K` (indented header, plan and results, then
+/// `ok K iteration-K` at the top level, whose plan is `1..n`). The run stops
+/// at the first kernel report: the rest of that pass and the remaining
+/// iterations are reported as skipped. Exit codes as [`run_tests`].
+pub async fn run_tests_repeated(tests: &[&str], opts: &RunOpts, n: usize, out: impl std::io::Write) -> i32 {
+    let mut k = Ktap::new(out);
+    k.header(n);
+    let kmsg = match prepare_run(tests, opts, &mut k) {
+        Ok(m) => m,
+        Err(reason) => {
+            k.diag(&reason);
+            for it in 1..=n {
+                let mut sub = k.nested();
+                sub.header(tests.len());
+                for t in tests {
+                    sub.result(t, &Outcome::Skip(reason.clone()));
+                }
+                k.result(&format!("iteration-{it}"), &Outcome::Skip(reason.clone()));
+            }
+            k.totals();
+            return EXIT_ALL_SKIPPED;
+        }
+    };
+    repeat_points(&mut k, tests, opts, n, kmsg.as_ref().map(|m| m as &dyn KernelLog)).await
+}
+
+/// The iterations of [`run_tests_repeated`] after its header and preparation.
+async fn repeat_points<W: std::io::Write>(
+    k: &mut Ktap<W>,
+    tests: &[&str],
+    opts: &RunOpts,
+    n: usize,
+    kmsg: Option<&dyn KernelLog>,
+) -> i32 {
+    let mut stopped: Option<(usize, String)> = None;
+    for it in 1..=n {
+        let name = format!("iteration-{it}");
+        if let Some((at, _)) = &stopped {
+            k.result(&name, &Outcome::Skip(format!("{STOPPED_AFTER_REPORT} in iteration {at}")));
+            continue;
+        }
+        let mut sub = k.nested();
+        sub.header(tests.len());
+        let reported = run_points(&mut sub, tests, opts, kmsg, &format!("{it}."), true).await;
+        sub.totals();
+        let outcome = sub.outcome("every test point skipped");
+        if let Some(t) = reported {
+            k.diag(&format!("stopping: the kernel reported a problem during {t} in iteration {it} (quoted above)"));
+            stopped = Some((it, t));
+        }
+        k.result(&name, &outcome);
     }
     k.totals();
     k.exit_code()
@@ -606,7 +974,57 @@ mod tests {
         let set: HashSet<_> = all.iter().collect();
         assert_eq!(set.len(), all.len());
         assert_eq!(all[0], "attach_once");
-        assert_eq!(*all.last().unwrap(), "cleanup_no_leftovers");
+        // The original points keep their numbers; the race scenarios follow.
+        let n = ATTACH_TESTS.len() + SCENARIO_TESTS.len();
+        assert_eq!(all[n - 1], "cleanup_no_leftovers");
+        assert_eq!(all[n..], *RACE_TESTS);
+    }
+
+    /// A kernel log that reports a WARNING during the `at`-th test point.
+    struct ScriptedLog {
+        at: usize,
+        seen: std::cell::Cell<usize>,
+    }
+
+    impl KernelLog for ScriptedLog {
+        fn begin(&self, _tag: &str, _limit: Duration) -> usize {
+            self.seen.set(self.seen.get() + 1);
+            self.seen.get()
+        }
+        fn end(&self, pos: usize, _tag: &str, _limit: Duration) -> (Option<String>, Vec<String>) {
+            let lines = if pos == self.at { vec!["WARNING: CPU: 0 PID: 1 at x.c:1 f".to_string()] } else { vec![] };
+            (None, lines)
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn repeat_stops_at_the_first_kernel_report() {
+        // Attach points skip at once with --fake-device: no device, no root needed.
+        let tests = ["attach_once", "vktest_kick_index2_einval"];
+        let opts = RunOpts { fake_device: true, ..Default::default() };
+        let log = ScriptedLog { at: 3, seen: Default::default() };
+        let mut k = Ktap::new(Vec::new());
+        k.header(3);
+        let code = repeat_points(&mut k, &tests, &opts, 3, Some(&log)).await;
+        assert_eq!(code, crate::ktap::EXIT_FAIL);
+        let text = String::from_utf8(k.into_inner()).unwrap();
+        let skip = "# SKIP needs /dev/vhost-net-kernel and /dev/vktest (--fake-device)";
+        let want = format!(
+            "KTAP version 1\n1..3\n\
+             \x20   KTAP version 1\n    1..2\n    ok 1 attach_once {skip}\n    ok 2 vktest_kick_index2_einval {skip}\n\
+             \x20   # Totals: pass:0 fail:0 xfail:0 xpass:0 skip:2 error:0\n\
+             ok 1 iteration-1 # SKIP every test point skipped\n\
+             \x20   KTAP version 1\n    1..2\n\
+             \x20   # kernel reported a problem during attach_once:\n    # WARNING: CPU: 0 PID: 1 at x.c:1 f\n\
+             \x20   not ok 1 attach_once\n    ok 2 vktest_kick_index2_einval # SKIP {STOPPED_AFTER_REPORT}\n\
+             \x20   # Totals: pass:0 fail:1 xfail:0 xpass:0 skip:1 error:0\n\
+             # stopping: the kernel reported a problem during attach_once in iteration 2 (quoted above)\n\
+             not ok 2 iteration-2\n\
+             ok 3 iteration-3 # SKIP {STOPPED_AFTER_REPORT} in iteration 2\n\
+             # Totals: pass:0 fail:1 xfail:0 xpass:0 skip:2 error:0\n"
+        );
+        assert_eq!(text, want);
+        assert_eq!(log.seen.get(), 3, "no test point ran after the report");
     }
 
     #[test]

@@ -64,6 +64,11 @@ impl Tap {
         &self.name
     }
 
+    /// The TAP's fd (the interface lives as long as it, or a copy, is open).
+    pub fn into_owned_fd(self) -> std::os::fd::OwnedFd {
+        self.file.into()
+    }
+
     /// Read one frame (blocking unless the fd was made non-blocking).
     pub fn read_frame(&self, buf: &mut [u8]) -> std::io::Result<usize> {
         (&self.file).read(buf)

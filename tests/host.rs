@@ -295,3 +295,202 @@ fn run_interrupted_by_sigterm_cleans_up() {
     assert!(rest.iter().any(|l| l.contains("interrupted by SIGTERM")), "{rest:?}");
     assert!(!netns::exists(&format!("{p}h2g")) && !netns::exists(&format!("{p}g2h")));
 }
+
+#[test]
+fn run_repeat_nests_each_pass_as_a_ktap_subtest() {
+    if !root() {
+        return;
+    }
+    let _g = FAKE_RUNS.lock().unwrap_or_else(|p| p.into_inner());
+    let p = format!("{}-", tag("rp"));
+    let out = Command::new(env!("CARGO_BIN_EXE_vhost-kernel-test"))
+        .args(["run", "--fake-device", "--timeout", "10", "--ns-prefix", &p, "--repeat", "2"])
+        .args(["--test", "attach_once", "--test", "teardown_exit", "--test", "cleanup_no_leftovers"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.starts_with("KTAP version 1\n1..2\n    KTAP version 1\n    1..3\n"), "{text}");
+    for it in 1..=2 {
+        assert!(text.lines().any(|l| l == format!("ok {it} iteration-{it}")), "{text}");
+    }
+    for l in ["    ok 2 teardown_exit", "    ok 3 cleanup_no_leftovers"] {
+        assert_eq!(text.lines().filter(|x| x == &l).count(), 2, "{l:?} twice in\n{text}");
+    }
+    assert_eq!(text.lines().filter(|l| l.starts_with("    # serve: h2g=")).count(), 2, "{text}");
+    assert!(text.ends_with("# Totals: pass:2 fail:0 xfail:0 xpass:0 skip:0 error:0\n"), "{text}");
+    // --repeat 0 is refused by the parser.
+    let out = Command::new(env!("CARGO_BIN_EXE_vhost-kernel-test")).args(["run", "--repeat", "0"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn run_fake_device_race_scenarios() {
+    if !root() {
+        return;
+    }
+    let _g = FAKE_RUNS.lock().unwrap_or_else(|p| p.into_inner());
+    let p = format!("{}-", tag("rs"));
+    let out = Command::new(env!("CARGO_BIN_EXE_vhost-kernel-test"))
+        .args(["run", "--fake-device", "--timeout", "10", "--ns-prefix", &p])
+        .args(["--test", "teardown_close_vhost_first", "--test", "teardown_close_both_reverse"])
+        .args(["--test", "teardown_sigkill_mid_flood", "--test", "teardown_rebind_repeated"])
+        .args(["--test", "attach_close_loop"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    for l in ["ok 1 teardown_close_vhost_first", "ok 2 teardown_close_both_reverse", "ok 3 teardown_sigkill_mid_flood"]
+    {
+        assert!(text.lines().any(|x| x == l), "missing {l:?} in\n{text}");
+    }
+    assert!(text.contains("ok 4 teardown_rebind_repeated # SKIP"), "{text}");
+    assert!(text.contains("ok 5 attach_close_loop # SKIP"), "{text}");
+    assert!(text.contains("# vhost fd closed: both floods got 20 more replies"), "{text}");
+    assert!(!netns::exists(&format!("{p}h2g")) && !netns::exists(&format!("{p}g2h")));
+}
+
+/// Pids of `vhost-kernel-test serve` processes that are not children of
+/// this test process (a run's serving children, or orphans of one).
+fn stray_serve_processes() -> Vec<i32> {
+    let exe = std::fs::canonicalize(env!("CARGO_BIN_EXE_vhost-kernel-test")).unwrap();
+    let me = std::process::id() as i32;
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(target) = std::fs::read_link(format!("/proc/{pid}/exe")) else { continue };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // "pid (comm) S ppid ...": fields after the last ')'.
+        let rest: Vec<&str> = stat.rsplit_once(')').map(|x| x.1).unwrap_or("").split_whitespace().collect();
+        let (state, ppid) = (rest.first().copied().unwrap_or("?"), rest.get(1).and_then(|p| p.parse().ok()));
+        if target == exe && args.get(1) == Some(&&b"serve"[..]) && ppid != Some(me) && state != "Z" {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Names of the interfaces of the current namespace (`ip -o link`).
+fn ip_links() -> Option<Vec<String>> {
+    let o = Command::new("ip").args(["-o", "link", "show"]).output().ok()?;
+    Some(
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1).map(|n| n.split('@').next().unwrap_or(n).to_string()))
+            .collect(),
+    )
+}
+
+/// Start `run --fake-device --progress`, read its stdout until `# step: STEP`,
+/// deliver `sig`, and check that it exits 130/143 with nothing left behind.
+fn interrupt_run_at(step: &str, sig: nix::sys::signal::Signal) {
+    use std::io::{BufRead, BufReader};
+    let _g = FAKE_RUNS.lock().unwrap_or_else(|p| p.into_inner());
+    let p = format!("{}-", tag(&format!("i{}", &step[..2])));
+    let ns_before = ip_netns_list(&p);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vhost-kernel-test"))
+        .args(["run", "--fake-device", "--progress", "--timeout", "10", "--ns-prefix", &p])
+        .args(["--test", "teardown_exit", "--test", "teardown_close_vktest_first"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let want = format!("# step: {step}");
+    let mut seen = Vec::new();
+    for l in lines.by_ref() {
+        let l = l.unwrap();
+        seen.push(l.clone());
+        if l == want {
+            break;
+        }
+    }
+    assert_eq!(seen.last(), Some(&want), "{seen:?}");
+    nix::sys::signal::kill(pid, sig).unwrap();
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let st = child.wait().unwrap();
+    let (code, name) = if sig == nix::sys::signal::Signal::SIGINT { (130, "SIGINT") } else { (143, "SIGTERM") };
+    assert_eq!(st.code(), Some(code), "{seen:?} {rest:?}");
+    assert!(rest.iter().any(|l| l == &format!("# interrupted by {name}, cleaned up")), "{rest:?}");
+    assert!(!netns::exists(&format!("{p}h2g")) && !netns::exists(&format!("{p}g2h")), "{step} {name}");
+    assert_eq!(ip_netns_list(&p), ns_before, "namespaces left after {name} at {step}");
+    if let Some(links) = ip_links() {
+        let left: Vec<&String> =
+            links.iter().filter(|n| n.starts_with("vkfake") || n.starts_with("vhostkernel")).collect();
+        assert!(left.is_empty(), "interfaces left after {name} at {step}: {left:?}");
+    }
+    let strays = stray_serve_processes();
+    assert!(strays.is_empty(), "serve processes left after {name} at {step}: {strays:?}");
+}
+
+#[test]
+fn sigint_and_sigterm_at_each_step_leave_nothing_behind() {
+    if !root() {
+        return;
+    }
+    use nix::sys::signal::Signal::{SIGINT, SIGTERM};
+    for step in ["namespaces-created", "traffic", "teardown"] {
+        for sig in [SIGINT, SIGTERM] {
+            interrupt_run_at(step, sig);
+        }
+    }
+}
+
+#[test]
+fn stale_namespace_of_the_run_is_removed_and_said() {
+    if !root() {
+        return;
+    }
+    let _g = FAKE_RUNS.lock().unwrap_or_else(|p| p.into_inner());
+    let p = format!("{}-", tag("sn"));
+    netns::create(&format!("{p}g2h")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vhost-kernel-test"))
+        .args(["run", "--fake-device", "--timeout", "10", "--ns-prefix", &p, "--test", "teardown_exit"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.starts_with(&format!("KTAP version 1\n1..1\n# removed stale namespace {p}g2h\n")), "{text}");
+    assert!(!netns::exists(&format!("{p}g2h")));
+}
+
+#[test]
+fn unusable_kernel_log_is_a_diagnostic_not_a_panic() {
+    if !root() {
+        return;
+    }
+    let _g = FAKE_RUNS.lock().unwrap_or_else(|p| p.into_inner());
+    let p = format!("{}-", tag("km"));
+    for (path, says) in [("/nonexistent/kmsg", "open /nonexistent/kmsg"), ("/", "/ is not a character device")] {
+        for repeat in [None, Some("2")] {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_vhost-kernel-test"));
+            cmd.args(["run", "--fake-device", "--timeout", "10", "--ns-prefix", &p, "--kmsg-path", path]);
+            cmd.args(["--test", "teardown_exit"]);
+            if let Some(n) = repeat {
+                cmd.args(["--repeat", n]);
+            }
+            let out = cmd.output().unwrap();
+            let (text, err) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert_eq!(out.status.code(), Some(0), "{text}{err}");
+            assert!(text.contains(&format!("# kernel log not monitored: {says}")), "{text}");
+            assert!(!err.contains("panicked"), "{err}");
+        }
+    }
+}
+
+#[test]
+fn fuzz_without_the_devices_skips_and_prints_its_seed() {
+    if std::path::Path::new("/dev/vhost-net-kernel").exists() && std::path::Path::new("/dev/vktest").exists() {
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_vhost-kernel-test"))
+        .args(["fuzz", "--seed", "42", "--count", "600"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{text}");
+    assert!(text.starts_with("KTAP version 1\n1..3\n# seed: 42\n"), "{text}");
+    assert_eq!(text.matches(" # SKIP ").count(), 3, "{text}");
+}

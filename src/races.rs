@@ -1,0 +1,177 @@
+//! `attach_close_loop`: many cycles of open both nodes, wire, attach, wait
+//! for the virtio-net interface, close, wait for it to go; then nothing may
+//! be left (interfaces, vdpa devices, fds) compared with before.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::attach::Rig;
+use crate::net::{if_index, virtio_device_of, LinkEvent, LinkWatcher, Rtnl};
+
+/// Default cycles of `attach_close_loop` (`run --cycles`).
+pub const DEFAULT_CYCLES: u32 = 1000;
+
+/// Where registered vDPA devices show up.
+pub const VDPA_DEVICES: &str = "/sys/bus/vdpa/devices";
+
+/// What a process and the kernel hold that a cycle could leak.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Interfaces of the current namespace, by ifindex.
+    pub links: BTreeMap<u32, String>,
+    /// Names under /sys/bus/vdpa/devices.
+    pub vdpa: BTreeSet<String>,
+    /// Our open fds: number -> what /proc/self/fd/N points to.
+    pub fds: BTreeMap<i32, String>,
+}
+
+/// Names of the entries of `dir` (empty if it does not exist).
+fn dir_names(dir: &str) -> Result<BTreeSet<String>> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()).with_context(|| format!("read {dir}")))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
+        Err(e) => Err(e).with_context(|| format!("read {dir}")),
+    }
+}
+
+/// Our open fds with their targets (the fd of the directory listing itself excluded).
+pub fn open_fds() -> Result<BTreeMap<i32, String>> {
+    let rd = std::fs::read_dir("/proc/self/fd").context("read /proc/self/fd")?;
+    let mut out = BTreeMap::new();
+    for e in rd {
+        let e = e.context("read /proc/self/fd")?;
+        let Ok(n) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        // The directory's own fd is gone by now: unreadable links are skipped.
+        if let Ok(t) = std::fs::read_link(e.path()) {
+            out.insert(n, t.to_string_lossy().into_owned());
+        }
+    }
+    Ok(out)
+}
+
+impl Snapshot {
+    pub async fn take(rtnl: &Rtnl) -> Result<Self> {
+        let links = rtnl.links().await?.into_iter().map(|l| (l.index, l.name)).collect();
+        Ok(Snapshot { links, vdpa: dir_names(VDPA_DEVICES)?, fds: open_fds()? })
+    }
+
+    /// What `after` has that `self` had not, one description per item.
+    pub fn leftovers(&self, after: &Snapshot) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, n) in &after.links {
+            if !self.links.contains_key(i) {
+                out.push(format!("interface {n} (ifindex {i})"));
+            }
+        }
+        for d in after.vdpa.difference(&self.vdpa) {
+            out.push(format!("vdpa device {d}"));
+        }
+        for (fd, t) in &after.fds {
+            if self.fds.get(fd) != Some(t) {
+                out.push(format!("fd {fd} -> {t}"));
+            }
+        }
+        out
+    }
+}
+
+/// Whether a new link is the virtio-net end (not a TAP).
+fn is_g2h(l: &crate::net::Link) -> bool {
+    !l.name.starts_with("vhostkernel") && virtio_device_of(&l.name).map(|d| d.starts_with("virtio")).unwrap_or(false)
+}
+
+/// Wait until every ifindex of `pending` had its RTM_DELLINK.
+pub async fn wait_all_gone(w: &mut LinkWatcher, pending: &mut HashSet<u32>, t: Duration, what: &str) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + t;
+    while !pending.is_empty() {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if let LinkEvent::Del(l) = w.next(left, what).await? {
+            pending.remove(&l.index);
+        }
+    }
+    Ok(())
+}
+
+/// One cycle: set up (TAP backend included), attach, wait for the g2h link,
+/// close (in serve's order: vhost, vktest, TAP, eventfds), wait for the g2h
+/// link and the TAP to go. `known` collects every ifindex seen.
+async fn one_cycle(w: &mut LinkWatcher, known: &mut HashSet<u32>, n: u32, t: Duration) -> Result<()> {
+    let rig = Rig::prepare(false)?;
+    let tap_idx = if_index(rig.tap.name())?;
+    known.insert(tap_idx);
+    rig.attach().with_context(|| format!("cycle {n}"))?;
+    let g2h = w.wait_new_link(known, is_g2h, t, &format!("the virtio-net interface of cycle {n}")).await?;
+    known.insert(g2h.index);
+    drop(rig);
+    let mut pending: HashSet<u32> = [g2h.index, tap_idx].into();
+    wait_all_gone(w, &mut pending, t, &format!("{} and the TAP of cycle {n} to go away after closing", g2h.name)).await
+}
+
+/// `cycles` attach/close cycles, then compare with the snapshot from before.
+pub async fn attach_close_loop(cycles: u32, t: Duration, diag: &mut dyn FnMut(String)) -> Result<()> {
+    let rtnl = Rtnl::new(None)?;
+    let mut w = LinkWatcher::new(None)?;
+    let mut known: HashSet<u32> = rtnl.links().await?.iter().map(|l| l.index).collect();
+    // Netlink sockets above are open before the snapshot and until after the second one.
+    let before = Snapshot::take(&rtnl).await?;
+    let start = Instant::now();
+    for n in 1..=cycles {
+        one_cycle(&mut w, &mut known, n, t).await.with_context(|| format!("attach/close cycle {n}/{cycles}"))?;
+    }
+    let took = start.elapsed();
+    diag(format!(
+        "{cycles} attach/close cycles in {:.1}s ({:.1} ms/cycle)",
+        took.as_secs_f64(),
+        took.as_secs_f64() * 1000.0 / f64::from(cycles.max(1))
+    ));
+    let after = Snapshot::take(&rtnl).await?;
+    let left = before.leftovers(&after);
+    if !left.is_empty() {
+        bail!("left behind after {cycles} cycles: {}", left.join(", "));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leftovers_name_what_is_new() {
+        let before = Snapshot {
+            links: [(1, "lo".to_string())].into(),
+            vdpa: BTreeSet::new(),
+            fds: [(0, "/dev/null".to_string()), (3, "socket:[1]".to_string())].into(),
+        };
+        assert!(before.leftovers(&before).is_empty());
+        let mut after = before.clone();
+        after.links.insert(7, "eth3".into());
+        after.vdpa.insert("vdpa0".into());
+        after.fds.insert(5, "/dev/vktest".into());
+        after.fds.insert(3, "socket:[2]".into());
+        assert_eq!(
+            before.leftovers(&after),
+            ["interface eth3 (ifindex 7)", "vdpa device vdpa0", "fd 3 -> socket:[2]", "fd 5 -> /dev/vktest"]
+        );
+        // Something closed or removed is not a leftover.
+        let mut fewer = before.clone();
+        fewer.fds.remove(&3);
+        fewer.links.clear();
+        assert!(before.leftovers(&fewer).is_empty());
+    }
+
+    #[test]
+    fn fds_of_this_process() {
+        let fds = open_fds().unwrap();
+        assert!(fds.contains_key(&0) || fds.contains_key(&1) || fds.contains_key(&2), "{fds:?}");
+        let f = std::fs::File::open("/proc/self/status").unwrap();
+        let with = open_fds().unwrap();
+        assert!(with.values().any(|t| t.ends_with("/status")), "{with:?}");
+        drop(f);
+        assert!(dir_names("/nonexistent-dir").unwrap().is_empty());
+    }
+}
