@@ -2,7 +2,7 @@
 # Build a bzImage for the VM tests.
 #
 # usage: scripts/build-kernel.sh [--tree DIR] [--debug] [--jobs N]
-#                                [--no-patches] [--print-source]
+#                                [--no-patches] [--fault NAME] [--print-source]
 #
 # Source: /usr/src/linux-source-6.12.tar.xz (Debian's linux-source-6.12),
 # extracted into the cache, or --tree DIR (any 6.12 tree, built out of tree
@@ -10,6 +10,11 @@
 # kernel-patches/series unless it is already applied (or --no-patches).
 # Configuration: tinyconfig + selftests/vhost_kernel/config (+ config.debug
 # with --debug) + olddefconfig, checked option by option.
+# --fault NAME applies kernel-patches/faults/NAME.patch (a deliberately
+# broken variant) after the series, in the same build dir as the build
+# without it (switching is incremental); the fault is reverted again when the
+# build ends, failed or not, so the source holds exactly the series between
+# builds. Only with the extracted tarball source (not --tree/--no-patches).
 #
 # Cache: $VKT_CACHE_DIR, else ${XDG_CACHE_HOME:-~/.cache}/vhost-kernel-test.
 #   work/<source-id>/src          extracted tarball, series applied
@@ -30,6 +35,8 @@ OPT_DEBUG=0
 OPT_JOBS=""
 OPT_NO_PATCHES=0
 OPT_PRINT_SOURCE=0
+OPT_FAULT=""
+FAULT_WORK=""
 
 usage() {
 	sed -n '2,/^set -eu/{/^#/s/^# \{0,1\}//p}' "$0" >&2
@@ -44,6 +51,7 @@ parse_args() {
 		--jobs | -j) OPT_JOBS="${2:?--jobs needs a number}"; shift ;;
 		--no-patches) OPT_NO_PATCHES=1 ;;
 		--print-source) OPT_PRINT_SOURCE=1 ;;
+		--fault) OPT_FAULT="${2:?--fault needs a name}"; shift ;;
 		-h | --help) usage 0 ;;
 		*) printf 'unknown argument: %s\n' "$1" >&2; usage 2 ;;
 		esac
@@ -53,6 +61,30 @@ parse_args() {
 	case "$OPT_JOBS" in
 	'' | *[!0-9]*) die "--jobs needs a number, got '$OPT_JOBS'" ;;
 	esac
+	[ -z "$OPT_FAULT" ] || check_fault_args
+}
+
+# Fault variants: kernel-patches/faults/NAME.patch.
+fault_names() {
+	local f
+	for f in "$VKT_ROOT"/kernel-patches/faults/*.patch; do
+		[ -f "$f" ] && basename "$f" .patch
+	done
+	return 0
+}
+
+fault_patch() {
+	printf '%s/kernel-patches/faults/%s.patch\n' "$VKT_ROOT" "$OPT_FAULT"
+}
+
+check_fault_args() {
+	case "$OPT_FAULT" in
+	*/* | .*) die "--fault takes a name (one of: $(fault_names | tr '\n' ' '))" ;;
+	esac
+	[ -f "$(fault_patch)" ] ||
+		die "no fault variant '$OPT_FAULT' (kernel-patches/faults/ has: $(fault_names | tr '\n' ' '))"
+	[ -z "$OPT_TREE" ] || die "--fault works on the extracted tarball source only, not with --tree"
+	[ "$OPT_NO_PATCHES" -eq 0 ] || die "--fault needs the series (not --no-patches)"
 }
 
 flavour() {
@@ -146,12 +178,20 @@ apply_patch() {
 	patch "${opts[@]}" -s <"$p" >&2 || die "patch $(basename "$p") failed on $tree"
 }
 
-# Bring the extracted source of $1 to exactly the current series: keep the
+# Patches the extracted source should carry: the series, then the fault
+# variant if any (recorded in applied/ like the others, so a run that died
+# with the fault applied is reverted by the next one).
+wanted_patches() {
+	series_patches
+	[ -z "$OPT_FAULT" ] || fault_patch
+}
+
+# Bring the extracted source of $1 to exactly the wanted patches: keep the
 # common prefix of what is applied, revert the rest, apply the new ones.
 sync_series_tarball() {
 	local work="$1" applied=() wanted=() keep=0 i
 	mapfile -t applied <"$work/applied/list"
-	mapfile -t wanted < <(series_patches)
+	mapfile -t wanted < <(wanted_patches)
 	while [ "$keep" -lt "${#applied[@]}" ] && [ "$keep" -lt "${#wanted[@]}" ] &&
 		[ "${applied[keep]}" = "$(basename "${wanted[keep]}")" ] &&
 		cmp -s "$work/applied/${applied[keep]}" "${wanted[keep]}"; do
@@ -261,6 +301,10 @@ cache_key() {
 		printf 'vkt-build-v1\n%s\n%s\n' "$srcid" "$(flavour)"
 		sha256_stdin <"$0"
 		printf 'no-patches=%s\n' "$OPT_NO_PATCHES"
+		if [ -n "$OPT_FAULT" ]; then
+			printf 'fault=%s\n' "$OPT_FAULT"
+			cat "$(fault_patch)"
+		fi
 		if [ "$OPT_NO_PATCHES" -eq 0 ]; then
 			while IFS= read -r p; do
 				printf '%s\n' "$(basename "$p")"
@@ -375,6 +419,25 @@ warn_no_series() {
 		warn "kernel-patches/series missing or empty: building a PRISTINE kernel (the harness will skip)"
 }
 
+# Revert the fault variant (the patches after the series) from $1/src.
+revert_fault() {
+	local work="$1" n
+	n="$(series_patches | wc -l)"
+	if [ "$(wc -l <"$work/applied/list")" -gt "$n" ]; then
+		step "reverting fault $OPT_FAULT"
+		revert_applied "$work" "$n"
+	fi
+}
+
+# From now on, leave the source without the fault when the script ends,
+# whatever way it ends (the lock is still held in the EXIT trap).
+arm_fault_revert() {
+	FAULT_WORK="$1"
+	trap 'revert_fault "$FAULT_WORK"' EXIT
+	trap 'exit 130' INT
+	trap 'exit 143' TERM
+}
+
 # Build from the Debian tarball.
 build_from_tarball() {
 	local srcid key hit work build strict=0
@@ -395,6 +458,7 @@ build_from_tarball() {
 	flock 9
 	extract_tarball "$work"
 	if [ "$OPT_NO_PATCHES" -eq 0 ]; then
+		[ -z "$OPT_FAULT" ] || arm_fault_revert "$work"
 		sync_series_tarball "$work"
 	else
 		revert_applied "$work" 0

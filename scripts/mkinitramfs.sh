@@ -1,16 +1,26 @@
 #!/bin/bash
 # Build the test initramfs.
 #
-# usage: scripts/mkinitramfs.sh HARNESS_BINARY OUT.cpio.gz
+# usage: scripts/mkinitramfs.sh [--extra FILE]... HARNESS_BINARY OUT.cpio.gz
 #
 # Contents: /bin/busybox (busybox-static) with a symlink per applet, the
-# static harness at /bin/vhost-kernel-test, and /init, which reads from the
-# kernel command line:
-#   vkt.mode=run|shell   run the suite (default) or give a shell on ttyS0
-#   vkt.repeat=N         run the suite N times (stops at the first failure)
-#   vkt.args=BASE64      base64 of the extra harness arguments, one a line
-# In run mode the harness's stdout goes to the results port /dev/ttyS1, its
-# stderr to the console (ttyS0), then "VKT-EXIT: <code>" is written to
+# static harness at /bin/vhost-kernel-test (HARNESS_BINARY "-": none), each
+# --extra FILE (a static binary or a script) at /bin/<its name>, and /init,
+# which reads from the kernel command line:
+#   vkt.mode=run|exec|shell
+#                        run the harness (default); exec: run the command in
+#                        vkt.args as it is (program first), its stdout is
+#                        the results and its exit status (0, 1, 4; anything
+#                        else counts as 1) the verdict; shell: a shell on
+#                        ttyS0
+#   vkt.repeat=N         run the harness N times (stops at the first failure)
+#   vkt.args=BASE64      base64 of the harness arguments, one a line; a
+#                        first argument that is a harness subcommand (run,
+#                        attach, serve, bench, ping, help) selects it, else
+#                        the arguments go to "vhost-kernel-test run"
+# In run and exec mode the program's stdout goes to the results port
+# /dev/ttyS1, its stderr to the console (ttyS0), then "VKT-EXIT: <code>" is
+# written to
 # ttyS1 and the machine stops through QEMU's isa-debug-exit device (port
 # 0xf4), so QEMU exits with (code << 1) | 1.
 # The archive is deterministic: sorted, owner 0:0, mtime 0 (or
@@ -84,10 +94,28 @@ exit_qemu() {
 	while :; do sleep 60; done
 }
 
-# Run the suite $repeat times with the decoded arguments; echo the verdict.
+# Harness subcommands that a first argument may select; any other first
+# argument (an option such as --test) goes to "run".
+SUBCOMMANDS="run attach serve bench ping fuzz help"
+
+is_subcommand() {
+	for c in $SUBCOMMANDS; do
+		[ "$1" = "$c" ] && return 0
+	done
+	return 1
+}
+
+# Run "vhost-kernel-test SUBCOMMAND ARGS" $repeat times (the subcommand is
+# the first decoded argument when it names one, else "run"); echo the
+# verdict.
 run_suite() {
 	repeat="$1"
 	shift
+	cmd=run
+	if [ $# -gt 0 ] && is_subcommand "$1"; then
+		cmd="$1"
+		shift
+	fi
 	passed=0
 	final=4
 	i=1
@@ -95,8 +123,8 @@ run_suite() {
 		if [ "$repeat" -gt 1 ]; then
 			echo "# vkt: run $i of $repeat" >"$RESULTS"
 		fi
-		log "running: vhost-kernel-test run $* ($i/$repeat)"
-		vhost-kernel-test run "$@" >"$RESULTS" 2>/dev/console </dev/null
+		log "running: vhost-kernel-test $cmd $* ($i/$repeat)"
+		vhost-kernel-test "$cmd" "$@" >"$RESULTS" 2>/dev/console </dev/null
 		rc=$?
 		log "vhost-kernel-test exited with $rc"
 		case "$rc" in
@@ -116,6 +144,26 @@ run_suite() {
 		final=0
 	fi
 	echo "$final"
+}
+
+# Run the command "$@" once (vkt.mode=exec); echo the verdict.
+run_exec() {
+	if [ $# -eq 0 ]; then
+		echo "Bail out! vkt.mode=exec without a command in vkt.args" >"$RESULTS"
+		echo 1
+		return
+	fi
+	log "running: $*"
+	"$@" >"$RESULTS" 2>/dev/console </dev/null
+	rc=$?
+	log "$1 exited with $rc"
+	case "$rc" in
+	0 | 1 | 4) echo "$rc" ;;
+	*)
+		echo "# vkt: $1 exited with status $rc" >"$RESULTS"
+		echo 1
+		;;
+	esac
 }
 
 main() {
@@ -144,6 +192,11 @@ EOF
 		log "shell mode: 'exit' or 'poweroff -f' stops the machine"
 		setsid cttyhack sh -l
 		exit_qemu 0
+	fi
+	if [ "$mode" = exec ]; then
+		code="$(run_exec "$@")"
+		echo "VKT-EXIT: $code" >"$RESULTS"
+		exit_qemu "$code"
 	fi
 	if ! command -v vhost-kernel-test >/dev/null 2>&1; then
 		echo "Bail out! vhost-kernel-test missing from the initramfs" >"$RESULTS"
@@ -181,16 +234,33 @@ install_busybox() {
 	done < <("$BUSYBOX" --list)
 }
 
+# True when $1 is a script (#!); fails when it is a dynamic executable.
+check_static() {
+	local f="$1"
+	[ -f "$f" ] || die "$f not found"
+	[ "$(head -c2 "$f")" = '#!' ] && return 0
+	if readelf -lW "$f" 2>/dev/null | grep -q 'program interpreter'; then
+		die "$f is dynamically linked: the initramfs has no libraries (link it statically)"
+	fi
+	return 1
+}
+
 # The harness at /bin/vhost-kernel-test; must be static (or a script).
 install_harness() {
 	local root="$1" harness="$2"
+	[ "$harness" != - ] || return 0
 	[ -f "$harness" ] || die "harness binary $harness not found"
-	if [ "$(head -c2 "$harness")" = '#!' ]; then
+	if check_static "$harness"; then
 		warn "$harness is a script, not the static harness binary"
-	elif readelf -lW "$harness" 2>/dev/null | grep -q 'program interpreter'; then
-		die "$harness is dynamically linked; build it with RUSTFLAGS='-C target-feature=+crt-static'"
 	fi
 	install -m 0755 "$harness" "$root/bin/vhost-kernel-test"
+}
+
+# An --extra file at /bin/<name>.
+install_extra() {
+	local root="$1" f="$2"
+	check_static "$f" || true
+	install -m 0755 "$f" "$root/bin/$(basename "$f")"
 }
 
 make_skeleton() {
@@ -218,6 +288,15 @@ pack() {
 }
 
 main() {
+	local extras=() f
+	while [ $# -gt 0 ]; do
+		case "$1" in
+		--extra) extras+=("${2:?--extra needs a file}"); shift ;;
+		-h | --help) usage ;;
+		*) break ;;
+		esac
+		shift
+	done
 	[ $# -eq 2 ] || usage
 	local harness="$1" out="$2" root
 	root="$(mktemp -d "${TMPDIR:-/tmp}/vkt-initramfs.XXXXXX")"
@@ -226,6 +305,9 @@ main() {
 	make_skeleton "$root"
 	install_busybox "$root"
 	install_harness "$root" "$harness"
+	for f in "${extras[@]}"; do
+		install_extra "$root" "$f"
+	done
 	write_init "$root/init"
 	pack "$root" "$out"
 }
