@@ -28,6 +28,7 @@ pub const ATTACH_TESTS: &[&str] = &[
     "refused_set_mem_table_eperm",
     "refused_set_log_base_eperm",
     "refused_set_log_fd_eperm",
+    "refused_iotlb_write_eperm",
     "vktest_kick_index2_einval",
     "vktest_call_index2_einval",
     "vktest_kick_index_large_einval",
@@ -195,6 +196,14 @@ pub fn run_attach_test(name: &str) -> Result<Outcome> {
             expect_errno(owned_vhost()?.set_log_base(0), Errno::EPERM, "VHOST_SET_LOG_BASE")?
         }
         "refused_set_log_fd_eperm" => expect_errno(owned_vhost()?.set_log_fd(-1), Errno::EPERM, "VHOST_SET_LOG_FD")?,
+        "refused_iotlb_write_eperm" => {
+            // The IOTLB of a kernel device translates to kernel addresses:
+            // user space may never fill it, with or without ACCESS_PLATFORM.
+            let v = VhostNetKernel::open_writable()?;
+            v.set_owner()?;
+            v.set_features(FEATURES)?;
+            expect_errno(v.write_iotlb_update(0, 4096, 0x1000), Errno::EPERM, "IOTLB update written to the vhost fd")?
+        }
         "vktest_kick_index2_einval"
         | "vktest_call_index2_einval"
         | "vktest_kick_index_large_einval"

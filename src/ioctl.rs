@@ -242,3 +242,39 @@ mod tests {
         assert_eq!(name(1), "unknown ioctl");
     }
 }
+
+/// `struct vhost_msg_v2`: u32 type, u32 asid, then a 64-byte union whose
+/// `struct vhost_iotlb_msg` is u64 iova, u64 size, u64 uaddr, u8 perm, u8 type.
+pub const VHOST_MSG_V2_LEN: usize = 72;
+pub const VHOST_IOTLB_MSG_V2: u32 = 0x2;
+pub const VHOST_IOTLB_UPDATE: u8 = 2;
+pub const VHOST_ACCESS_RW: u8 = 0x3;
+
+/// The bytes of a VHOST_IOTLB_UPDATE message, as written to a vhost fd.
+pub fn iotlb_update_msg(iova: u64, size: u64, uaddr: u64) -> [u8; VHOST_MSG_V2_LEN] {
+    let mut m = [0u8; VHOST_MSG_V2_LEN];
+    m[0..4].copy_from_slice(&VHOST_IOTLB_MSG_V2.to_ne_bytes());
+    m[8..16].copy_from_slice(&iova.to_ne_bytes());
+    m[16..24].copy_from_slice(&size.to_ne_bytes());
+    m[24..32].copy_from_slice(&uaddr.to_ne_bytes());
+    m[32] = VHOST_ACCESS_RW;
+    m[33] = VHOST_IOTLB_UPDATE;
+    m
+}
+
+#[cfg(test)]
+mod iotlb_msg_tests {
+    use super::*;
+
+    #[test]
+    fn iotlb_update_layout() {
+        let m = iotlb_update_msg(0x1000, 0x2000, 0x3000);
+        assert_eq!(u32::from_ne_bytes(m[0..4].try_into().unwrap()), 2);
+        assert_eq!(u32::from_ne_bytes(m[4..8].try_into().unwrap()), 0);
+        assert_eq!(u64::from_ne_bytes(m[8..16].try_into().unwrap()), 0x1000);
+        assert_eq!(u64::from_ne_bytes(m[16..24].try_into().unwrap()), 0x2000);
+        assert_eq!(u64::from_ne_bytes(m[24..32].try_into().unwrap()), 0x3000);
+        assert_eq!((m[32], m[33]), (3, 2));
+        assert!(m[34..].iter().all(|&b| b == 0));
+    }
+}

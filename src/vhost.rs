@@ -50,6 +50,26 @@ impl VhostNetKernel {
         Self::open_path(VHOST_NET_PATH)
     }
 
+    /// Open `/dev/vhost-net-kernel` for writing too: IOTLB messages are
+    /// written to the device file, which the read-only open of the RFC flow
+    /// cannot do.
+    pub fn open_writable() -> Result<Self> {
+        Ok(VhostNetKernel { file: open_rw(VHOST_NET_KERNEL_PATH)?, path: VHOST_NET_KERNEL_PATH })
+    }
+
+    /// Write one IOTLB update (struct vhost_msg_v2 carrying a
+    /// VHOST_IOTLB_UPDATE of `size` bytes at `iova` to `uaddr`, read-write).
+    pub fn write_iotlb_update(&self, iova: u64, size: u64, uaddr: u64) -> Result<()> {
+        use std::io::Write;
+        let msg = ioctl::iotlb_update_msg(iova, size, uaddr);
+        match (&self.file).write(&msg) {
+            Ok(n) if n == msg.len() => Ok(()),
+            Ok(n) => anyhow::bail!("{}: short IOTLB message write ({n} of {} bytes)", self.path, msg.len()),
+            Err(e) => Err(anyhow::Error::new(nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0))))
+                .with_context(|| format!("{}: write of a VHOST_IOTLB_UPDATE message", self.path)),
+        }
+    }
+
     fn open_path(path: &'static str) -> Result<Self> {
         Ok(VhostNetKernel { file: open_ro(path)?, path })
     }
