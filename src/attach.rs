@@ -89,22 +89,30 @@ pub fn configured_vktest(efds: &Eventfds, call_q1: bool) -> Result<Vktest> {
     Ok(vk)
 }
 
+/// The first steps of the serve flow: open both nodes, SET_OWNER, and hand
+/// each of the four eventfds to both devices (one kick and one call per
+/// queue, shared by vktest and vhost).
+pub fn open_and_wire() -> Result<(Eventfds, VhostNetKernel, Vktest)> {
+    let efds = Eventfds::new()?;
+    let vhost = VhostNetKernel::open()?;
+    let vktest = Vktest::open()?;
+    vhost.set_owner()?;
+    for q in [RX_QUEUE, TX_QUEUE] {
+        let i = q as usize;
+        vhost.set_vring_kick(q, efds.kick[i].as_fd())?;
+        vktest.set_vring_kick(q, efds.kick[i].as_fd())?;
+        vhost.set_vring_call(q, efds.call[i].as_fd())?;
+        vktest.set_vring_call(q, efds.call[i].as_fd())?;
+    }
+    Ok((efds, vhost, vktest))
+}
+
 impl Rig {
     /// The serve flow up to (not including) VKTEST_ATTACH_VHOST.
     /// `vhost_hdr`: negotiate VHOST_NET_F_VIRTIO_NET_HDR and use a TAP
     /// without IFF_VNET_HDR (vhost adds/strips the header itself).
     pub fn prepare(vhost_hdr: bool) -> Result<Self> {
-        let efds = Eventfds::new()?;
-        let vhost = VhostNetKernel::open()?;
-        let vktest = Vktest::open()?;
-        vhost.set_owner()?;
-        for q in [RX_QUEUE, TX_QUEUE] {
-            let i = q as usize;
-            vhost.set_vring_kick(q, efds.kick[i].as_fd())?;
-            vktest.set_vring_kick(q, efds.kick[i].as_fd())?;
-            vhost.set_vring_call(q, efds.call[i].as_fd())?;
-            vktest.set_vring_call(q, efds.call[i].as_fd())?;
-        }
+        let (efds, vhost, vktest) = open_and_wire()?;
         let mut features = VIRTIO_F_VERSION_1 | VIRTIO_F_ACCESS_PLATFORM;
         if vhost_hdr {
             features |= crate::ioctl::VHOST_NET_F_VIRTIO_NET_HDR;

@@ -9,12 +9,12 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::attach::{Eventfds, Rig};
+use crate::attach::{open_and_wire, Rig};
 use crate::fake::FakePair;
 use crate::ioctl::VHOST_NET_F_VIRTIO_NET_HDR;
 use crate::net::{if_index, virtio_device_of, LinkWatcher, Rtnl};
 use crate::tap::{derived_offloads, Tap, TAP_OFFLOADS, TAP_TEMPLATE};
-use crate::vhost::{FeatureSet, VhostNetKernel, RX_QUEUE, TX_QUEUE, VHOST_NET_BITS, VHOST_NET_KERNEL_PATH};
+use crate::vhost::{FeatureSet, RX_QUEUE, TX_QUEUE, VHOST_NET_BITS, VHOST_NET_KERNEL_PATH};
 use crate::vktest::{Vktest, VKTEST_PATH};
 
 /// Which TUNSETOFFLOAD flags the TAP backend gets.
@@ -137,17 +137,7 @@ pub fn prepare_rig(opts: &ServeOpts) -> Result<Rig> {
             opts.features
         );
     }
-    let efds = Eventfds::new()?;
-    let vhost = VhostNetKernel::open()?;
-    let vktest = Vktest::open()?;
-    vhost.set_owner()?;
-    for q in [RX_QUEUE, TX_QUEUE] {
-        let i = q as usize;
-        vhost.set_vring_kick(q, efds.kick[i].as_fd())?;
-        vktest.set_vring_kick(q, efds.kick[i].as_fd())?;
-        vhost.set_vring_call(q, efds.call[i].as_fd())?;
-        vktest.set_vring_call(q, efds.call[i].as_fd())?;
-    }
+    let (efds, vhost, vktest) = open_and_wire()?;
     let mut features = opts.features.vhost_bits();
     if opts.vhost_hdr {
         features |= VHOST_NET_F_VIRTIO_NET_HDR;
