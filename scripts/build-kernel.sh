@@ -38,11 +38,6 @@ OPT_PRINT_SOURCE=0
 OPT_FAULT=""
 FAULT_WORK=""
 
-usage() {
-	sed -n '2,/^set -eu/{/^#/s/^# \{0,1\}//p}' "$0" >&2
-	exit "${1:-2}"
-}
-
 parse_args() {
 	while [ $# -gt 0 ]; do
 		case "$1" in

@@ -23,11 +23,6 @@ OPT_CHECKPATCH_ONLY=0
 OPT_JOBS="$(cpu_count)"
 WORK=""
 
-usage() {
-	sed -n '2,/^set -eu/{/^#/s/^# \{0,1\}//p}' "$0" >&2
-	exit "${1:-2}"
-}
-
 parse_args() {
 	while [ $# -gt 0 ]; do
 		case "$1" in

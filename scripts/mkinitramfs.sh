@@ -32,11 +32,6 @@ set -euo pipefail
 
 BUSYBOX="${VKT_BUSYBOX:-/bin/busybox}"
 
-usage() {
-	sed -n '2,/^set -eu/{/^#/s/^# \{0,1\}//p}' "$0" >&2
-	exit 2
-}
-
 # The /init script, written verbatim into the archive.
 write_init() {
 	cat >"$1" <<'INIT'
@@ -292,12 +287,12 @@ main() {
 	while [ $# -gt 0 ]; do
 		case "$1" in
 		--extra) extras+=("${2:?--extra needs a file}"); shift ;;
-		-h | --help) usage ;;
+		-h | --help) usage 2 ;;
 		*) break ;;
 		esac
 		shift
 	done
-	[ $# -eq 2 ] || usage
+	[ $# -eq 2 ] || usage 2
 	local harness="$1" out="$2" root
 	root="$(mktemp -d "${TMPDIR:-/tmp}/vkt-initramfs.XXXXXX")"
 	# shellcheck disable=SC2064 # expand now: root is local

@@ -51,11 +51,6 @@ LOG_ROOT=""
 CAUGHT=0
 MISSED=0
 
-usage() {
-	sed -n '2,/^set -eu/{/^#/s/^# \{0,1\}//p}' "$0" >&2
-	exit "${1:-2}"
-}
-
 parse_args() {
 	while [ $# -gt 0 ]; do
 		case "$1" in

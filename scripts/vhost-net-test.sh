@@ -43,11 +43,6 @@ OPT_LOG_DIR=""
 VARIANTS=()
 TMP=""
 
-usage() {
-	sed -n '2,/^set -eu/{/^#/s/^# \{0,1\}//p}' "$0" >&2
-	exit "${1:-2}"
-}
-
 need_number() {
 	case "$2" in
 	'' | *[!0-9]*) die "$1 needs a number, got '$2'" ;;

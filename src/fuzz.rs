@@ -807,12 +807,7 @@ pub async fn fuzz(opts: &FuzzOpts, out: impl std::io::Write) -> i32 {
         };
         if let (Some(m), Some(pos)) = (&kmsg, start) {
             let (incomplete, splats) = m.end(pos, &format!("fuzz-end-{p}"), opts.timeout);
-            if let Some(e) = incomplete {
-                k.diag(&format!("kernel log check incomplete: {e}"));
-            }
-            if !splats.is_empty() {
-                k.diag(&format!("kernel reported a problem during {name}:"));
-                splats.iter().for_each(|l| k.diag(l));
+            if crate::suite::quote_kernel_reports(&mut k, &name, incomplete, &splats, false) {
                 k.diag(&format!("replay: vhost-kernel-test fuzz --seed {} --phase {p} --count N", opts.seed));
                 outcome = Outcome::Fail;
             }

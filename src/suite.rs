@@ -839,19 +839,7 @@ async fn run_points<W: std::io::Write>(
         if let (Some(m), Some(pos)) = (kmsg, start) {
             let scanned = kmemleak_scan();
             let (incomplete, splats) = m.end(pos, &format!("end-{tag}{}", i + 1), opts.timeout);
-            if let Some(e) = incomplete {
-                k.diag(&format!("kernel log check incomplete: {e}"));
-            }
-            if !splats.is_empty() {
-                k.diag(&format!("kernel reported a problem during {t}:"));
-                for l in &splats {
-                    k.diag(l);
-                }
-                if scanned && splats.iter().any(|l| l.contains("suspected memory leak")) {
-                    for l in kmemleak_report(40) {
-                        k.diag(&l);
-                    }
-                }
+            if quote_kernel_reports(k, t, incomplete, &splats, scanned) {
                 outcome = Outcome::Fail;
                 if stop_on_report {
                     reported = Some(t.to_string());
@@ -861,6 +849,35 @@ async fn run_points<W: std::io::Write>(
         k.result(t, &outcome);
     }
     reported
+}
+
+/// Judge what the kernel logged during test point `name`: say when the log
+/// could not be read to the end, quote every report (and kmemleak's details
+/// when `scanned` and a leak is among them). True when there was a report,
+/// which fails the point.
+pub(crate) fn quote_kernel_reports<W: std::io::Write>(
+    k: &mut Ktap<W>,
+    name: &str,
+    incomplete: Option<String>,
+    splats: &[String],
+    scanned: bool,
+) -> bool {
+    if let Some(e) = incomplete {
+        k.diag(&format!("kernel log check incomplete: {e}"));
+    }
+    if splats.is_empty() {
+        return false;
+    }
+    k.diag(&format!("kernel reported a problem during {name}:"));
+    for l in splats {
+        k.diag(l);
+    }
+    if scanned && splats.iter().any(|l| l.contains("suspected memory leak")) {
+        for l in kmemleak_report(40) {
+            k.diag(&l);
+        }
+    }
+    true
 }
 
 /// What every run does before its first test point: say why nothing can run

@@ -14,6 +14,13 @@ VKT_APT_PACKAGES=(qemu-system-x86 linux-source-6.12 busybox-static cpio bc
 	bison flex libelf-dev libssl-dev make gcc xz-utils patch python3 perl
 	shellcheck rsync)
 
+# Print the calling script's header comment (from line 2 to `set -eu...`)
+# as its help, and exit with $1 (default 2).
+usage() {
+	sed -n '2,/^set -eu/{/^#/s/^# \{0,1\}//p}' "$0" >&2
+	exit "${1:-2}"
+}
+
 die() {
 	printf 'error: %s\n' "$*" >&2
 	exit 1
