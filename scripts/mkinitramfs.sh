@@ -13,10 +13,9 @@
 #                        the results and its exit status (0, 1, 4; anything
 #                        else counts as 1) the verdict; shell: a shell on
 #                        ttyS0
-#   vkt.repeat=N         run the harness N times (stops at the first failure)
 #   vkt.args=BASE64      base64 of the harness arguments, one a line; a
 #                        first argument that is a harness subcommand (run,
-#                        attach, serve, bench, ping, help) selects it, else
+#                        attach, serve, bench, ping, fuzz, help) selects it, else
 #                        the arguments go to "vhost-kernel-test run"
 # In run and exec mode the program's stdout goes to the results port
 # /dev/ttyS1, its stderr to the console (ttyS0), then "VKT-EXIT: <code>" is
@@ -100,45 +99,25 @@ is_subcommand() {
 	return 1
 }
 
-# Run "vhost-kernel-test SUBCOMMAND ARGS" $repeat times (the subcommand is
-# the first decoded argument when it names one, else "run"); echo the
-# verdict.
-run_suite() {
-	repeat="$1"
-	shift
+# Run "vhost-kernel-test SUBCOMMAND ARGS" (the subcommand is the first
+# decoded argument when it names one, else "run"); echo the verdict.
+run_harness() {
 	cmd=run
 	if [ $# -gt 0 ] && is_subcommand "$1"; then
 		cmd="$1"
 		shift
 	fi
-	passed=0
-	final=4
-	i=1
-	while [ "$i" -le "$repeat" ]; do
-		if [ "$repeat" -gt 1 ]; then
-			echo "# vkt: run $i of $repeat" >"$RESULTS"
-		fi
-		log "running: vhost-kernel-test $cmd $* ($i/$repeat)"
-		vhost-kernel-test "$cmd" "$@" >"$RESULTS" 2>/dev/console </dev/null
-		rc=$?
-		log "vhost-kernel-test exited with $rc"
-		case "$rc" in
-		0) passed=1 ;;
-		4) ;;
-		*)
-			if [ "$rc" -ne 1 ]; then
-				echo "# vkt: harness exited with status $rc" >"$RESULTS"
-			fi
-			final=1
-			break
-			;;
-		esac
-		i=$((i + 1))
-	done
-	if [ "$final" -ne 1 ] && [ "$passed" -eq 1 ]; then
-		final=0
-	fi
-	echo "$final"
+	log "running: vhost-kernel-test $cmd $*"
+	vhost-kernel-test "$cmd" "$@" >"$RESULTS" 2>/dev/console </dev/null
+	rc=$?
+	log "vhost-kernel-test exited with $rc"
+	case "$rc" in
+	0 | 1 | 4) echo "$rc" ;;
+	*)
+		echo "# vkt: harness exited with status $rc" >"$RESULTS"
+		echo 1
+		;;
+	esac
 }
 
 # Run the command "$@" once (vkt.mode=exec); echo the verdict.
@@ -164,12 +143,7 @@ run_exec() {
 main() {
 	mount_filesystems
 	mode="$(param mode)"
-	repeat="$(param repeat)"
 	args="$(param args)"
-	case "$repeat" in
-	'' | *[!0-9]*) repeat=1 ;;
-	esac
-	[ "$repeat" -ge 1 ] || repeat=1
 	set --
 	if [ -n "$args" ]; then
 		decoded="$(printf '%s' "$args" | base64 -d)" || {
@@ -188,6 +162,8 @@ EOF
 		setsid cttyhack sh -l
 		exit_qemu 0
 	fi
+	# The guest's boot time as vmtest reports it.
+	log "starting at uptime $(cut -d ' ' -f 1 /proc/uptime) s"
 	if [ "$mode" = exec ]; then
 		code="$(run_exec "$@")"
 		echo "VKT-EXIT: $code" >"$RESULTS"
@@ -198,7 +174,7 @@ EOF
 		echo "VKT-EXIT: 1" >"$RESULTS"
 		exit_qemu 1
 	fi
-	code="$(run_suite "$repeat" "$@")"
+	code="$(run_harness "$@")"
 	echo "VKT-EXIT: $code" >"$RESULTS"
 	exit_qemu "$code"
 }

@@ -20,7 +20,8 @@
 #   missing-unlock  debug   attach_without_kick_call_einval: failed or timed
 #                   out + lockdep ("lock held when returning to user space"
 #                   or "possible recursive locking")
-#   leak-eventfd    debug   attach_once, teardown_exit: not ok + kmemleak
+#   leak-eventfd    debug   attach_once, teardown_exit, then kmemleak_check:
+#                   not ok kmemleak_check + kmemleak
 #                   ("unreferenced object")
 # A variant is caught when vmtest exits non-zero, a test point it names is
 # "not ok" (a timeout replaces that for variants that may hang the guest),
@@ -39,7 +40,7 @@ VARIANTS=(
 	"drop-tx|normal|300|--test teardown_exit --count 3|teardown_exit||no"
 	"uaf-release|debug|900|--test attach_once|attach_once|KASAN|no"
 	"missing-unlock|debug|240|--test attach_without_kick_call_einval|attach_without_kick_call_einval|lock held when returning to user space|possible recursive locking|yes"
-	"leak-eventfd|debug|1200|--test attach_once --test teardown_exit --count 3|attach_once teardown_exit|unreferenced object|no"
+	"leak-eventfd|debug|900|--test attach_once --test teardown_exit --count 3|kmemleak_check|unreferenced object|no"
 )
 
 OPT_NORMAL_ONLY=0

@@ -50,6 +50,7 @@ use nix::errno::Errno;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::ioctl::{self, VhostMemory, VhostVringAddr, VhostVringFile, VhostVringState};
+use crate::kmsg::LEAK_CHECK;
 use crate::ktap::{Ktap, Outcome, EXIT_ALL_SKIPPED};
 use crate::net::{LinkWatcher, Rtnl};
 use crate::races::{wait_all_gone, Snapshot};
@@ -778,15 +779,23 @@ async fn phase(
 pub async fn fuzz(opts: &FuzzOpts, out: impl std::io::Write) -> i32 {
     let phases = plan(opts);
     let mut k = Ktap::new(out);
-    k.header(phases.len());
+    // Under a kmemleak kernel the phases are followed by the leak check.
+    let leak_check = crate::kmsg::kmemleak_unavailable().is_none();
+    k.header(phases.len() + usize::from(leak_check));
     k.diag(&format!("seed: {}", opts.seed));
     if let Some(reason) = skip_reason() {
         k.diag(&reason);
         for (p, ..) in &phases {
             k.result(&format!("fuzz_phase_{p}"), &Outcome::Skip(reason.clone()));
         }
+        if leak_check {
+            k.result(LEAK_CHECK, &Outcome::Skip(reason.clone()));
+        }
         k.totals();
         return EXIT_ALL_SKIPPED;
+    }
+    if leak_check {
+        crate::suite::leak_baseline(&mut k);
     }
     let kmsg = match crate::kmsg::KmsgMonitor::start_at(&opts.kmsg_path) {
         Ok(m) => Some(m),
@@ -807,12 +816,26 @@ pub async fn fuzz(opts: &FuzzOpts, out: impl std::io::Write) -> i32 {
         };
         if let (Some(m), Some(pos)) = (&kmsg, start) {
             let (incomplete, splats) = m.end(pos, &format!("fuzz-end-{p}"), opts.timeout);
-            if crate::suite::quote_kernel_reports(&mut k, &name, incomplete, &splats, false) {
+            if crate::suite::quote_kernel_reports(&mut k, &name, incomplete, &splats) {
                 k.diag(&format!("replay: vhost-kernel-test fuzz --seed {} --phase {p} --count N", opts.seed));
                 outcome = Outcome::Fail;
             }
         }
         k.result(&name, &outcome);
+    }
+    if leak_check {
+        let start = kmsg.as_ref().map(|m| m.begin("fuzz-start-leak", opts.timeout));
+        let mut outcome = crate::suite::leak_check(&mut |d: String| k.diag(&d)).await.unwrap_or_else(|e| {
+            k.diag(&format!("{LEAK_CHECK}: {e:#}"));
+            Outcome::Fail
+        });
+        if let (Some(m), Some(pos)) = (&kmsg, start) {
+            let (incomplete, splats) = m.end(pos, "fuzz-end-leak", opts.timeout);
+            if crate::suite::quote_kernel_reports(&mut k, LEAK_CHECK, incomplete, &splats) {
+                outcome = Outcome::Fail;
+            }
+        }
+        k.result(LEAK_CHECK, &outcome);
     }
     k.totals();
     k.exit_code()

@@ -33,18 +33,43 @@ pub const SPLAT_PATTERNS: &[&str] = &[
 /// kmemleak's control file (debugfs).
 pub const KMEMLEAK_PATH: &str = "/sys/kernel/debug/kmemleak";
 
-/// If kmemleak is available, run a scan now (synchronous); new leaks are then
-/// announced in the kernel log ("N new suspected memory leaks"). Returns
-/// whether a scan ran.
-pub fn kmemleak_scan() -> bool {
-    std::path::Path::new(KMEMLEAK_PATH).exists() && std::fs::write(KMEMLEAK_PATH, "scan").is_ok()
+/// kmemleak reports only objects at least this old when a scan starts
+/// (MSECS_MIN_AGE in mm/kmemleak.c).
+pub const KMEMLEAK_MIN_AGE: Duration = Duration::from_millis(5000);
+
+/// Name of the test point that ends a pass with a leak check (run, fuzz).
+pub const LEAK_CHECK: &str = "kmemleak_check";
+
+/// Why [`LEAK_CHECK`] cannot run here, if so.
+pub fn kmemleak_unavailable() -> Option<String> {
+    (!std::path::Path::new(KMEMLEAK_PATH).exists()).then(|| {
+        format!("kmemleak not available: needs CONFIG_DEBUG_KMEMLEAK=y (enabled) and debugfs on /sys/kernel/debug ({KMEMLEAK_PATH} missing)")
+    })
 }
 
-/// The first `max` lines of kmemleak's report (for diagnostics).
-pub fn kmemleak_report(max: usize) -> Vec<String> {
-    std::fs::read_to_string(KMEMLEAK_PATH)
-        .map(|s| s.lines().take(max).map(str::to_string).collect())
-        .unwrap_or_default()
+fn kmemleak_command(cmd: &str) -> Result<()> {
+    std::fs::write(KMEMLEAK_PATH, cmd).with_context(|| format!("write {cmd:?} to {KMEMLEAK_PATH}"))
+}
+
+/// The leaks kmemleak can prove now, as its report lines (empty: none);
+/// those are then cleared so that the next call reports only newer ones.
+/// Blocks for at least [`KMEMLEAK_MIN_AGE`] (two scans under a debug kernel
+/// take several seconds more).
+///
+/// Two scans: the first scan that sees a new object records its checksum
+/// and keeps it gray, so an object can be reported by the second scan at
+/// the earliest; and that scan must start when objects allocated just
+/// before this call are old enough to be reported. The wait is for that
+/// age, a fixed kernel threshold, not for an event.
+pub fn kmemleak_find_leaks() -> Result<Vec<String>> {
+    let start = Instant::now();
+    kmemleak_command("scan")?;
+    let margin = Duration::from_millis(200);
+    std::thread::sleep((KMEMLEAK_MIN_AGE + margin).saturating_sub(start.elapsed()));
+    kmemleak_command("scan")?;
+    let report = std::fs::read_to_string(KMEMLEAK_PATH).with_context(|| format!("read {KMEMLEAK_PATH}"))?;
+    kmemleak_command("clear")?;
+    Ok(report.lines().map(str::to_string).collect())
 }
 
 /// Whether one kernel log message starts (or is) a problem report.

@@ -14,6 +14,7 @@ use vhost_kernel_test::attach::ATTACH_TESTS;
 use vhost_kernel_test::bench::{bench, BenchOpts};
 use vhost_kernel_test::fuzz::{fresh_seed, fuzz, FuzzOpts, Limit};
 use vhost_kernel_test::icmp::{self, Control, PingOpts, PingTarget};
+use vhost_kernel_test::kmsg::{kmemleak_unavailable, LEAK_CHECK};
 use vhost_kernel_test::serve::{serve, CloseOrder, ServeOpts, TapOffloads};
 use vhost_kernel_test::suite::{all_tests, run_tests, run_tests_repeated, RunOpts};
 use vhost_kernel_test::vhost::FeatureSet;
@@ -115,9 +116,17 @@ then the end check (cleanup_no_leftovers), then the race scenarios:
   attach_close_loop            --cycles times: open, wire, attach, wait for the
                                interface, close, wait for it to go; then no
                                interface, vdpa device or fd may be left
+and, when the kernel has kmemleak (a debug kernel), the leak check:
+  kmemleak_check               two kmemleak scans, the second once everything
+                               allocated so far is old enough to be reported;
+                               any unreferenced object fails it (report quoted).
+                               Leaks from before the run are set aside first.
 Any kernel WARNING/BUG/KASAN/UBSAN/lockdep/RCU/kmemleak/hung-task/oops report
 logged during a test point fails it (quoted as # lines). Stale namespaces with
-our names are removed first. Exit: 0 pass, 1 fail, 4 all skipped.
+our names are removed first. Each point is followed by `# NAME: S s` (its
+duration), each scenario says its time to ready (serve started until both
+interfaces are up and addressed in their namespaces), and a `# timing:` line
+sums up the pass in guest time. Exit: 0 pass, 1 fail, 4 all skipped.
 
 --repeat N runs the selected points N times in this process (a soak): each
 pass is a KTAP v1 subtest (indented `KTAP version 1`, `1..M`, results), then
@@ -317,19 +326,24 @@ async fn real_main(cli: Cli) -> Result<i32> {
             kmsg_path,
             progress,
         } => {
-            let all = all_tests();
+            let mut all = all_tests();
+            all.push(LEAK_CHECK);
             if list {
                 all.iter().for_each(|t| println!("{t}"));
                 return Ok(0);
             }
-            let selected: Vec<&str> = if tests.is_empty() {
-                all
+            let mut selected: Vec<&str> = if tests.is_empty() {
+                all.into_iter().filter(|t| *t != LEAK_CHECK).collect()
             } else {
                 for t in &tests {
                     anyhow::ensure!(all.contains(&t.as_str()), "unknown test {t:?} (see --list)");
                 }
                 all.into_iter().filter(|a| tests.iter().any(|t| t == a)).collect()
             };
+            // Under a kmemleak kernel every pass ends with the leak check.
+            if kmemleak_unavailable().is_none() && !fake_device && !selected.contains(&LEAK_CHECK) {
+                selected.push(LEAK_CHECK);
+            }
             let opts = RunOpts {
                 ns_prefix,
                 timeout: Duration::from_secs(timeout),

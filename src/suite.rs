@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::net::Ipv6Addr;
 use std::os::fd::AsFd;
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use nix::sys::signal::{kill, Signal};
@@ -16,7 +16,7 @@ use tokio::time::timeout;
 
 use crate::attach::{run_attach_test, ATTACH_TESTS};
 use crate::icmp::{ping, BackgroundPing, Control, PingOpts, PingStats, PingTarget};
-use crate::kmsg::{kmemleak_report, kmemleak_scan, KmsgMonitor, KMSG_PATH};
+use crate::kmsg::{kmemleak_find_leaks, kmemleak_unavailable, KmsgMonitor, KMSG_PATH, LEAK_CHECK};
 use crate::ktap::{Ktap, Outcome, EXIT_ALL_SKIPPED};
 use crate::net::{place_interface, virtio_device_of, wait_addr_usable, Link, LinkWatcher, Rtnl};
 use crate::netns::{self, NetnsGuard};
@@ -510,7 +510,14 @@ fn is_virtio_net(l: &Link) -> bool {
 }
 
 /// One teardown scenario with traffic and floods.
-pub async fn scenario(kind: Teardown, vhost_hdr: bool, opts: &RunOpts, diag: &mut dyn FnMut(String)) -> Result<()> {
+/// One teardown scenario; returns its time to ready (serve started to both
+/// interfaces up and addressed in their namespaces).
+pub async fn scenario(
+    kind: Teardown,
+    vhost_hdr: bool,
+    opts: &RunOpts,
+    diag: &mut dyn FnMut(String),
+) -> Result<Duration> {
     let t = opts.timeout;
     // Namespaces first, so that on any error the child is gone before they are.
     let mut nsg = NetnsGuard::new();
@@ -532,30 +539,41 @@ pub async fn scenario(kind: Teardown, vhost_hdr: bool, opts: &RunOpts, diag: &mu
     if kind == Teardown::CloseBothReverse {
         extra.extend(["--close-order".to_string(), "vktest-first".to_string()]);
     }
+    let started = Instant::now();
     let mut child = ServeChild::spawn_with(&opts.exe, &extra, t).await?;
-    let res = scenario_body(kind, &mut child, opts, &mut *diag).await;
+    let res = scenario_body(kind, &mut child, opts, started, &mut *diag).await;
     if res.is_err() {
         child.kill_and_wait(t).await;
     }
     child.stderr_lines(t).await.into_iter().for_each(|l| diag(format!("serve: {l}")));
-    res?;
+    let ready = res?;
     nsg.delete_all()?;
-    check_no_leftovers(opts).await
+    check_no_leftovers(opts).await?;
+    Ok(ready)
 }
 
 async fn scenario_body(
     kind: Teardown,
     child: &mut ServeChild,
     opts: &RunOpts,
+    started: Instant,
     diag: &mut dyn FnMut(String),
-) -> Result<()> {
+) -> Result<Duration> {
     let t = opts.timeout;
     let (h2g_ns, g2h_ns) = (opts.h2g_ns(), opts.g2h_ns());
     let ifs = child.ifs.clone();
     let dev = if ifs.g2h_device.is_empty() { String::new() } else { format!(" ({})", ifs.g2h_device) };
+    let served = started.elapsed();
     diag(format!("serve: h2g={} g2h={}{dev}", ifs.h2g, ifs.g2h));
     let root = Rtnl::new(None)?;
     let pair = setup_pair(&root, (ifs.h2g_ifindex, &ifs.h2g), (ifs.g2h_ifindex, &ifs.g2h), &h2g_ns, &g2h_ns, t).await?;
+    let ready = started.elapsed();
+    diag(format!(
+        "ready in {:.1} ms (serve: devices wired, interfaces found {:.1} ms; moved, addressed, up {:.1} ms)",
+        ms(ready),
+        ms(served),
+        ms(ready - served)
+    ));
     if opts.progress {
         diag("step: traffic".into());
     }
@@ -660,7 +678,11 @@ async fn scenario_body(
     .await;
     let stopped = tokio::task::spawn_blocking(move || floods.stop()).await.unwrap_or_default();
     stopped.into_iter().for_each(&mut *diag);
-    res
+    res.map(|()| ready)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 fn virtio_dev(ifs: &Interfaces) -> Result<&str> {
@@ -734,7 +756,10 @@ pub async fn check_no_leftovers(opts: &RunOpts) -> Result<()> {
     Ok(())
 }
 
-async fn run_one(name: &str, opts: &RunOpts, diag: &mut dyn FnMut(String)) -> Result<Outcome> {
+/// What one test point gave: its outcome and, for a scenario, its time to ready.
+type PointResult = Result<(Outcome, Option<Duration>)>;
+
+async fn run_one(name: &str, opts: &RunOpts, diag: &mut dyn FnMut(String)) -> PointResult {
     let teardown = match name {
         "teardown_exit" => Some((Teardown::Exit, false)),
         "teardown_close_vktest_first" => Some((Teardown::CloseVktestFirst, false)),
@@ -749,29 +774,81 @@ async fn run_one(name: &str, opts: &RunOpts, diag: &mut dyn FnMut(String)) -> Re
     };
     if let Some((kind, hdr)) = teardown {
         if opts.fake_device && (hdr || kind.needs_real_device()) {
-            return Ok(Outcome::Skip("needs the real virtio device (--fake-device)".into()));
+            return Ok((Outcome::Skip("needs the real virtio device (--fake-device)".into()), None));
         }
-        scenario(kind, hdr, opts, diag).await?;
+        let ready = scenario(kind, hdr, opts, diag).await?;
+        return Ok((Outcome::Pass, Some(ready)));
+    }
+    let outcome = match name {
+        "attach_close_loop" if opts.fake_device => {
+            Outcome::Skip("needs /dev/vhost-net-kernel and /dev/vktest (--fake-device)".into())
+        }
+        "attach_close_loop" => {
+            crate::races::attach_close_loop(opts.cycles, opts.timeout, diag).await?;
+            Outcome::Pass
+        }
+        "cleanup_no_leftovers" => {
+            check_no_leftovers(opts).await?;
+            Outcome::Pass
+        }
+        LEAK_CHECK => leak_check(diag).await?,
+        _ if ATTACH_TESTS.contains(&name) && opts.fake_device => {
+            Outcome::Skip("needs /dev/vhost-net-kernel and /dev/vktest (--fake-device)".into())
+        }
+        _ if ATTACH_TESTS.contains(&name) => run_attach_test(name)?,
+        _ => bail!("unknown test {name}"),
+    };
+    Ok((outcome, None))
+}
+
+/// The end-of-pass leak check: kmemleak's verdict on everything allocated
+/// before it (see [`kmemleak_find_leaks`]); fails with its report.
+pub async fn leak_check(diag: &mut dyn FnMut(String)) -> Result<Outcome> {
+    if let Some(reason) = kmemleak_unavailable() {
+        return Ok(Outcome::Skip(reason));
+    }
+    let report =
+        tokio::task::spawn_blocking(kmemleak_find_leaks).await.map_err(|e| anyhow!("kmemleak task failed: {e}"))??;
+    if report.is_empty() {
         return Ok(Outcome::Pass);
     }
-    if name == "attach_close_loop" {
-        if opts.fake_device {
-            return Ok(Outcome::Skip("needs /dev/vhost-net-kernel and /dev/vktest (--fake-device)".into()));
+    let objects = report.iter().filter(|l| l.starts_with("unreferenced object")).count();
+    diag(format!("kmemleak: {objects} unreferenced object(s); its report:"));
+    report.into_iter().take(60).for_each(diag);
+    Ok(Outcome::Fail)
+}
+
+/// Guest-clock timings of a pass (Instant is CLOCK_MONOTONIC: inside a VM,
+/// the guest's time).
+#[derive(Default)]
+struct Timings {
+    started: Option<Instant>,
+    points: usize,
+    ready: Vec<Duration>,
+}
+
+impl Timings {
+    fn start() -> Self {
+        Timings { started: Some(Instant::now()), ..Default::default() }
+    }
+
+    /// `timing: N points in X s; time to ready min/median/max ...`
+    fn summary(&self) -> String {
+        let total = self.started.map(|s| s.elapsed()).unwrap_or_default();
+        let mut line = format!("timing: {} points in {:.2} s (guest clock)", self.points, total.as_secs_f64());
+        if !self.ready.is_empty() {
+            let mut r = self.ready.clone();
+            r.sort();
+            line += &format!(
+                "; time to ready min/median/max {:.1}/{:.1}/{:.1} ms over {} scenarios",
+                ms(r[0]),
+                ms(r[r.len() / 2]),
+                ms(r[r.len() - 1]),
+                r.len()
+            );
         }
-        crate::races::attach_close_loop(opts.cycles, opts.timeout, diag).await?;
-        return Ok(Outcome::Pass);
+        line
     }
-    if name == "cleanup_no_leftovers" {
-        check_no_leftovers(opts).await?;
-        return Ok(Outcome::Pass);
-    }
-    if ATTACH_TESTS.contains(&name) {
-        if opts.fake_device {
-            return Ok(Outcome::Skip("needs /dev/vhost-net-kernel and /dev/vktest (--fake-device)".into()));
-        }
-        return run_attach_test(name);
-    }
-    bail!("unknown test {name}")
 }
 
 /// Remove namespaces with our names left by a killed run.
@@ -821,6 +898,7 @@ async fn run_points<W: std::io::Write>(
     kmsg: Option<&dyn KernelLog>,
     tag: &str,
     stop_on_report: bool,
+    timings: &mut Timings,
 ) -> Option<String> {
     let mut reported = None;
     for (i, t) in tests.iter().enumerate() {
@@ -829,22 +907,31 @@ async fn run_points<W: std::io::Write>(
             continue;
         }
         let start = kmsg.map(|m| m.begin(&format!("start-{tag}{}", i + 1), opts.timeout));
+        let began = Instant::now();
         let mut outcome = match run_one(t, opts, &mut |d: String| k.diag(&d)).await {
-            Ok(o) => o,
+            Ok((o, ready)) => {
+                timings.ready.extend(ready);
+                o
+            }
             Err(e) => {
                 k.diag(&format!("{t}: {e:#}"));
                 Outcome::Fail
             }
         };
+        k.diag(&format!("{t}: {:.3} s", began.elapsed().as_secs_f64()));
+        timings.points += 1;
+        // A leak found by the leak check is a kernel report even when the
+        // kernel log is not monitored.
+        let mut report = *t == LEAK_CHECK && outcome == Outcome::Fail;
         if let (Some(m), Some(pos)) = (kmsg, start) {
-            let scanned = kmemleak_scan();
             let (incomplete, splats) = m.end(pos, &format!("end-{tag}{}", i + 1), opts.timeout);
-            if quote_kernel_reports(k, t, incomplete, &splats, scanned) {
+            if quote_kernel_reports(k, t, incomplete, &splats) {
                 outcome = Outcome::Fail;
-                if stop_on_report {
-                    reported = Some(t.to_string());
-                }
+                report = true;
             }
+        }
+        if report && stop_on_report {
+            reported = Some(t.to_string());
         }
         k.result(t, &outcome);
     }
@@ -852,15 +939,13 @@ async fn run_points<W: std::io::Write>(
 }
 
 /// Judge what the kernel logged during test point `name`: say when the log
-/// could not be read to the end, quote every report (and kmemleak's details
-/// when `scanned` and a leak is among them). True when there was a report,
-/// which fails the point.
+/// could not be read to the end, quote every report. True when there was a
+/// report, which fails the point.
 pub(crate) fn quote_kernel_reports<W: std::io::Write>(
     k: &mut Ktap<W>,
     name: &str,
     incomplete: Option<String>,
     splats: &[String],
-    scanned: bool,
 ) -> bool {
     if let Some(e) = incomplete {
         k.diag(&format!("kernel log check incomplete: {e}"));
@@ -871,11 +956,6 @@ pub(crate) fn quote_kernel_reports<W: std::io::Write>(
     k.diag(&format!("kernel reported a problem during {name}:"));
     for l in splats {
         k.diag(l);
-    }
-    if scanned && splats.iter().any(|l| l.contains("suspected memory leak")) {
-        for l in kmemleak_report(40) {
-            k.diag(&l);
-        }
     }
     true
 }
@@ -895,6 +975,9 @@ fn prepare_run<W: std::io::Write>(
             k.diag(&format!("{e:#}"));
         }
     }
+    if tests.contains(&LEAK_CHECK) {
+        leak_baseline(k);
+    }
     Ok(match KmsgMonitor::start_at(&opts.kmsg_path) {
         Ok(m) => Some(m),
         Err(e) => {
@@ -902,6 +985,27 @@ fn prepare_run<W: std::io::Write>(
             None
         }
     })
+}
+
+/// Before a run whose passes end with the leak check: let kmemleak report
+/// (and then forget) what leaked before the run, so that the check blames
+/// the run only for its own leaks.
+pub fn leak_baseline<W: std::io::Write>(k: &mut Ktap<W>) {
+    if kmemleak_unavailable().is_some() {
+        return;
+    }
+    let began = Instant::now();
+    match kmemleak_find_leaks() {
+        Ok(before) => {
+            let objects = before.iter().filter(|l| l.starts_with("unreferenced object")).count();
+            k.diag(&format!(
+                "kmemleak baseline in {:.1} s: {objects} earlier leak(s) set aside",
+                began.elapsed().as_secs_f64()
+            ));
+            before.iter().take(20).for_each(|l| k.diag(l));
+        }
+        Err(e) => k.diag(&format!("kmemleak baseline failed: {e:#}")),
+    }
 }
 
 /// Run `tests` as KTAP on `out`; returns the exit code.
@@ -919,7 +1023,9 @@ pub async fn run_tests(tests: &[&str], opts: &RunOpts, out: impl std::io::Write)
             return EXIT_ALL_SKIPPED;
         }
     };
-    run_points(&mut k, tests, opts, kmsg.as_ref().map(|m| m as &dyn KernelLog), "", false).await;
+    let mut timings = Timings::start();
+    run_points(&mut k, tests, opts, kmsg.as_ref().map(|m| m as &dyn KernelLog), "", false, &mut timings).await;
+    k.diag(&timings.summary());
     k.totals();
     k.exit_code()
 }
@@ -960,6 +1066,7 @@ async fn repeat_points<W: std::io::Write>(
     kmsg: Option<&dyn KernelLog>,
 ) -> i32 {
     let mut stopped: Option<(usize, String)> = None;
+    let mut all = Timings::start();
     for it in 1..=n {
         let name = format!("iteration-{it}");
         if let Some((at, _)) = &stopped {
@@ -968,7 +1075,11 @@ async fn repeat_points<W: std::io::Write>(
         }
         let mut sub = k.nested();
         sub.header(tests.len());
-        let reported = run_points(&mut sub, tests, opts, kmsg, &format!("{it}."), true).await;
+        let mut timings = Timings::start();
+        let reported = run_points(&mut sub, tests, opts, kmsg, &format!("{it}."), true, &mut timings).await;
+        sub.diag(&timings.summary());
+        all.points += timings.points;
+        all.ready.extend(timings.ready);
         sub.totals();
         let outcome = sub.outcome("every test point skipped");
         if let Some(t) = reported {
@@ -977,6 +1088,7 @@ async fn repeat_points<W: std::io::Write>(
         }
         k.result(&name, &outcome);
     }
+    k.diag(&all.summary());
     k.totals();
     k.exit_code()
 }
@@ -1025,6 +1137,15 @@ mod tests {
         let code = repeat_points(&mut k, &tests, &opts, 3, Some(&log)).await;
         assert_eq!(code, crate::ktap::EXIT_FAIL);
         let text = String::from_utf8(k.into_inner()).unwrap();
+        // Timings vary: check their shape, then compare the rest exactly.
+        let timed = |l: &str| {
+            let d = l.trim_start().strip_prefix("# ").unwrap_or("");
+            let duration = d.split_once(": ").and_then(|(_, v)| v.strip_suffix(" s")).map(|v| v.parse::<f64>().is_ok());
+            d.starts_with("timing: ") || duration == Some(true)
+        };
+        // Points run: 2 in iteration 1, 1 in iteration 2; a summary per pass and one overall.
+        assert_eq!(text.lines().filter(|l| timed(l)).count(), 2 + 1 + 1 + 1 + 1, "{text}");
+        let text: String = text.lines().filter(|l| !timed(l)).map(|l| format!("{l}\n")).collect();
         let skip = "# SKIP needs /dev/vhost-net-kernel and /dev/vktest (--fake-device)";
         let want = format!(
             "KTAP version 1\n1..3\n\
