@@ -171,19 +171,6 @@ impl Rtnl {
         }
         Ok(())
     }
-
-    async fn addr_usable(&self, index: u32, addr: Ipv6Addr) -> Result<bool> {
-        let msgs: Vec<AddressMessage> = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute()
-            .try_collect()
-            .await
-            .with_context(|| format!("RTM_GETADDR dump in {}", self.where_()))?;
-        Ok(msgs.iter().any(|m| addr_msg_usable(m, index, addr)))
-    }
 }
 
 fn addr_msg_usable(m: &AddressMessage, index: u32, addr: Ipv6Addr) -> bool {
@@ -285,43 +272,87 @@ impl LinkWatcher {
     }
 }
 
-/// Wait until `addr` on link `index` in `ns` is neither tentative nor
-/// dad-failed: subscribe to IPv6 address events first, then check the current
-/// state, then wait for events.
-pub async fn wait_addr_usable(ns: Option<&str>, index: u32, addr: Ipv6Addr, limit: Duration) -> Result<()> {
-    let (_h, mut events) = connect(ns, &[MulticastGroup::Ipv6Ifaddr])?;
-    let rtnl = Rtnl::new(ns)?;
-    if rtnl.addr_usable(index, addr).await? {
-        return Ok(());
-    }
-    let what = format!("address {addr} on ifindex {index} in {} to become usable", ns_label(ns));
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match timeout(left, events.next()).await {
-            Ok(Some((msg, _))) => {
-                if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(m)) = msg.payload {
-                    if addr_msg_usable(&m, index, addr) {
-                        return Ok(());
-                    }
-                }
-            }
-            Ok(None) => bail!("netlink address event stream closed while waiting for {what}"),
-            Err(_) => bail!("timed out after {:.1}s waiting for {what}", limit.as_secs_f64()),
-        }
-    }
+/// A namespace made ready to receive an interface: one rtnetlink socket
+/// opened inside it, subscribed to link and IPv6 address events before
+/// anything moves, so the move and the address are both seen as events
+/// (no dump, no missed notification). Used alike for the vhost pair and veths.
+pub struct Landing {
+    ns: String,
+    rtnl: Rtnl,
+    events: Events,
 }
 
-/// Move `index` (from the current namespace) into `ns`, add `addr`/64 with
-/// NODAD, set it up, and wait until the address is usable. Returns the
-/// interface's index inside `ns`. Used alike for the vhost pair and veths.
-pub async fn place_interface(from: &Rtnl, index: u32, name: &str, ns: &str, addr: Ipv6Addr) -> Result<u32> {
-    from.move_to_netns(index, ns).await?;
-    let inside = Rtnl::new(Some(ns))?;
-    let link = inside.link_by_name(name).await?;
-    inside.add_addr_nodad(link.index, addr, 64).await?;
-    inside.set_up(link.index).await?;
-    Ok(link.index)
+impl Landing {
+    pub fn new(ns: &str) -> Result<Self> {
+        let (handle, events) = connect(Some(ns), &[MulticastGroup::Link, MulticastGroup::Ipv6Ifaddr])?;
+        Ok(Landing { ns: ns.to_string(), rtnl: Rtnl { handle, ns: Some(ns.to_string()) }, events })
+    }
+
+    /// Move link `index` (called `name`) from `from`'s namespace into this
+    /// one, add `addr`/64 with NODAD and set it up. Returns its index here.
+    /// The address becomes usable once the link has carrier: see
+    /// [`Landing::wait_usable`].
+    pub async fn receive(
+        &mut self,
+        from: &Rtnl,
+        index: u32,
+        name: &str,
+        addr: Ipv6Addr,
+        limit: Duration,
+    ) -> Result<u32> {
+        let here = if from.ns.as_deref() == Some(self.ns.as_str()) {
+            // Already here (a veth created in place): a move would be a no-op
+            // without any event.
+            index
+        } else {
+            from.move_to_netns(index, &self.ns).await?;
+            let what = format!("{name} to arrive in namespace {}", self.ns);
+            self.next_event(limit, &what, |p| match p {
+                RouteNetlinkMessage::NewLink(l) => Some(link_of(l)).filter(|l| l.name == name).map(|l| l.index),
+                _ => None,
+            })
+            .await?
+        };
+        self.rtnl.add_addr_nodad(here, addr, 64).await?;
+        self.rtnl.set_up(here).await?;
+        Ok(here)
+    }
+
+    /// Wait until `addr` on link `index` is neither tentative nor dad-failed.
+    pub async fn wait_usable(&mut self, index: u32, addr: Ipv6Addr, limit: Duration) -> Result<()> {
+        let what = format!("address {addr} on ifindex {index} to become usable");
+        self.next_event(limit, &what, |p| match p {
+            RouteNetlinkMessage::NewAddress(m) if addr_msg_usable(m, index, addr) => Some(()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// The first event (since subscribing) that `pick` accepts.
+    async fn next_event<T>(
+        &mut self,
+        limit: Duration,
+        what: &str,
+        pick: impl Fn(&RouteNetlinkMessage) -> Option<T>,
+    ) -> Result<T> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match timeout(left, self.events.next()).await {
+                Ok(Some((msg, _))) => {
+                    if let NetlinkPayload::InnerMessage(p) = &msg.payload {
+                        if let Some(v) = pick(p) {
+                            return Ok(v);
+                        }
+                    }
+                }
+                Ok(None) => bail!("netlink event stream of namespace {} closed while waiting for {what}", self.ns),
+                Err(_) => {
+                    bail!("timed out after {:.1}s waiting for {what} (namespace {})", limit.as_secs_f64(), self.ns)
+                }
+            }
+        }
+    }
 }
 
 /// The virtio device behind a network interface, from

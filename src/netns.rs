@@ -117,14 +117,16 @@ where
     F: FnOnce() -> Result<R> + Send,
     R: Send,
 {
-    let file = name.map(open).transpose()?;
-    let label = name.unwrap_or("(current)").to_string();
+    let Some(name) = name else {
+        // Already where the caller is: no thread needed.
+        return f();
+    };
+    let file = open(name)?;
+    let label = name.to_string();
     std::thread::scope(|s| {
         s.spawn(move || -> Result<R> {
-            if let Some(file) = &file {
-                setns(file.as_fd(), CloneFlags::CLONE_NEWNET)
-                    .with_context(|| format!("setns into network namespace {label}"))?;
-            }
+            setns(file.as_fd(), CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("setns into network namespace {label}"))?;
             f()
         })
         .join()

@@ -18,7 +18,7 @@ use crate::attach::{run_attach_test, ATTACH_TESTS};
 use crate::icmp::{ping, BackgroundPing, Control, PingOpts, PingStats, PingTarget};
 use crate::kmsg::{kmemleak_find_leaks, kmemleak_unavailable, KmsgMonitor, KMSG_PATH, LEAK_CHECK};
 use crate::ktap::{Ktap, Outcome, EXIT_ALL_SKIPPED};
-use crate::net::{place_interface, virtio_device_of, wait_addr_usable, Link, LinkWatcher, Rtnl};
+use crate::net::{virtio_device_of, Landing, Link, LinkWatcher, Rtnl};
 use crate::netns::{self, NetnsGuard};
 use crate::serve::closed_line;
 use crate::serve::Interfaces;
@@ -152,8 +152,9 @@ impl Pair {
 
 /// Move one interface into `ns`, give it `addr`, set it up, wait until usable.
 pub async fn place(root: &Rtnl, index: u32, name: &str, ns: &str, addr: Ipv6Addr, limit: Duration) -> Result<u32> {
-    let idx = place_interface(root, index, name, ns, addr).await?;
-    wait_addr_usable(Some(ns), idx, addr, limit).await?;
+    let mut landing = Landing::new(ns)?;
+    let idx = landing.receive(root, index, name, addr, limit).await?;
+    landing.wait_usable(idx, addr, limit).await?;
     Ok(idx)
 }
 
@@ -166,11 +167,14 @@ pub async fn setup_pair(
     g2h_ns: &str,
     limit: Duration,
 ) -> Result<Pair> {
-    let i1 = place_interface(root, h2g.0, h2g.1, h2g_ns, H2G_ADDR).await?;
-    let i2 = place_interface(root, g2h.0, g2h.1, g2h_ns, G2H_ADDR).await?;
+    let (mut a, mut b) = (Landing::new(h2g_ns)?, Landing::new(g2h_ns)?);
+    // Both at once: one end's netlink round trips overlap the other's.
+    let (i1, i2) = tokio::try_join!(
+        a.receive(root, h2g.0, h2g.1, H2G_ADDR, limit),
+        b.receive(root, g2h.0, g2h.1, G2H_ADDR, limit)
+    )?;
     // Carrier needs both ends up, so wait only after both are up.
-    wait_addr_usable(Some(h2g_ns), i1, H2G_ADDR, limit).await?;
-    wait_addr_usable(Some(g2h_ns), i2, G2H_ADDR, limit).await?;
+    tokio::try_join!(a.wait_usable(i1, H2G_ADDR, limit), b.wait_usable(i2, G2H_ADDR, limit))?;
     Ok(Pair {
         h2g_ns: h2g_ns.into(),
         h2g_if: h2g.1.into(),
