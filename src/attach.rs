@@ -1,14 +1,15 @@
 //! Sanity and negative ABI checks of /dev/vhost-net-kernel and /dev/vktest,
 //! one KTAP test point each.
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::process::CommandExt;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use nix::errno::Errno;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::errno_of;
-use crate::ioctl::{VhostVringAddr, VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1};
+use crate::ioctl::{self, VhostVringAddr, VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1};
 use crate::ktap::Outcome;
 use crate::tap::{Tap, TAP_TEMPLATE};
 use crate::vhost::{node_exists, VhostNetKernel, RX_QUEUE, TX_QUEUE, VHOST_NET_PATH};
@@ -39,6 +40,7 @@ pub const ATTACH_TESTS: &[&str] = &[
     "attach_plain_vhost_net_einval",
     "attach_eventfd_einval",
     "attach_closed_fd_ebadf",
+    "attach_by_non_owner_eperm",
 ];
 
 /// The four eventfds: kick0, call0, kick1, call1.
@@ -148,6 +150,49 @@ fn owned_vhost() -> Result<VhostNetKernel> {
     let v = VhostNetKernel::open()?;
     v.set_owner()?;
     Ok(v)
+}
+
+/// The hidden `attach-fd` subcommand, run in a child process: VKTEST_ATTACH_VHOST
+/// on two fds inherited from the parent. Returns what it gave: `ok` or
+/// `errno N`.
+pub fn attach_inherited(vktest_fd: RawFd, vhost_fd: RawFd) -> String {
+    // SAFETY: the parent keeps vktest_fd open and passed it without
+    // FD_CLOEXEC for this process's whole life; it is only borrowed here.
+    let vktest = unsafe { BorrowedFd::borrow_raw(vktest_fd) };
+    match ioctl::ioctl_with_val(vktest, ioctl::VKTEST_ATTACH_VHOST, vhost_fd as libc::c_ulong) {
+        Ok(()) => "ok".to_string(),
+        Err(e) => format!("errno {}", e as i32),
+    }
+}
+
+/// Spawn `attach-fd` with the rig's vktest and vhost fds: an attach by a
+/// process other than the vhost device's owner (another mm).
+fn attach_from_another_process(rig: &Rig) -> Result<String> {
+    let (vk, vh) = (rig.vktest.as_fd().as_raw_fd(), rig.vhost.as_fd().as_raw_fd());
+    let mut cmd = std::process::Command::new("/proc/self/exe");
+    cmd.args(["attach-fd", "--vktest-fd", &vk.to_string(), "--vhost-fd", &vh.to_string()]);
+    let keep_open = move || -> std::io::Result<()> {
+        for fd in [vk, vh] {
+            // SAFETY: fcntl on an fd number touches no memory of ours.
+            let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+            // SAFETY: as above.
+            if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) } < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs between fork and exec, where only
+    // async-signal-safe calls are allowed: it calls fcntl only.
+    unsafe { cmd.pre_exec(keep_open) };
+    let out = cmd.output().context("spawn `vhost-kernel-test attach-fd` (the non-owner process)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "attach-fd child failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// Run one attach test point by name.
@@ -266,6 +311,16 @@ pub fn run_attach_test(name: &str) -> Result<Outcome> {
             let closed = tmp.as_fd().as_raw_fd();
             drop(tmp);
             expect_errno(vk.attach_raw(closed), Errno::EBADF, &format!("attach of closed fd {closed}"))?;
+        }
+        "attach_by_non_owner_eperm" => {
+            let rig = Rig::prepare(false)?;
+            let said = attach_from_another_process(&rig)?;
+            let want = format!("errno {}", Errno::EPERM as i32);
+            if said != want {
+                bail!("VKTEST_ATTACH_VHOST from a process that does not own the vhost device: {said:?}, expected {want:?} (EPERM)");
+            }
+            // The refused attempt must leave both devices usable by the owner.
+            rig.attach().context("the owner's attach after the refused one")?;
         }
         other => bail!("unknown attach test {other}"),
     }

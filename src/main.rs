@@ -265,6 +265,15 @@ enum Cmd {
     },
     /// Set up vhost-net-kernel + vktest + TAP, attach, print the interfaces, hold until SIGTERM/SIGINT.
     Serve(ServeArgs),
+    /// Internal (attach_by_non_owner_eperm): VKTEST_ATTACH_VHOST on two fds
+    /// inherited from the parent; prints `ok` or `errno N`.
+    #[command(hide = true)]
+    AttachFd {
+        #[arg(long)]
+        vktest_fd: i32,
+        #[arg(long)]
+        vhost_fd: i32,
+    },
     /// Throughput and latency of the vhost path vs a veth pair (table, or --json).
     #[command(long_about = BENCH_ABOUT)]
     Bench {
@@ -405,6 +414,10 @@ async fn real_main(cli: Cli) -> Result<i32> {
                 kmsg_path,
             };
             interruptible(fuzz(&opts, std::io::stdout())).await
+        }
+        Cmd::AttachFd { vktest_fd, vhost_fd } => {
+            println!("{}", vhost_kernel_test::attach::attach_inherited(vktest_fd, vhost_fd));
+            Ok(0)
         }
         Cmd::Attach => interruptible(run_tests(ATTACH_TESTS, &RunOpts::default(), std::io::stdout())).await,
         Cmd::Serve(ServeArgs { json, vhost_hdr, timeout, fake_device, features, tap_offloads, close_order }) => {
