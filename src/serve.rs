@@ -12,7 +12,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::attach::{open_and_wire, Rig};
 use crate::fake::FakePair;
 use crate::ioctl::VHOST_NET_F_VIRTIO_NET_HDR;
-use crate::net::{if_index, virtio_device_of, LinkWatcher};
+use crate::net::{if_index, virtio_device_of, Link, LinkWatcher};
 use crate::tap::{derived_offloads, Tap, TAP_OFFLOADS, TAP_TEMPLATE};
 use crate::vhost::{FeatureSet, RX_QUEUE, TX_QUEUE, VHOST_NET_BITS, VHOST_NET_KERNEL_PATH};
 use crate::vktest::{Vktest, VKTEST_PATH};
@@ -166,6 +166,10 @@ pub struct Interfaces {
     pub g2h_ifindex: u32,
     /// The virtio device under the g2h interface (e.g. "virtio0"), empty if unknown.
     pub g2h_device: String,
+    /// CLOCK_MONOTONIC (ns) when the serve flow began, before the first
+    /// device was opened (0: unknown), so that the parent can time the flow
+    /// without the process start.
+    pub serve_start_ns: u64,
 }
 
 impl Interfaces {
@@ -174,11 +178,11 @@ impl Interfaces {
         format!("h2g={} g2h={}", self.h2g, self.g2h)
     }
 
-    /// `{"h2g":"vhostkernel0","g2h":"eth0","h2g_ifindex":4,"g2h_ifindex":5,"g2h_device":"virtio0"}`
+    /// `{"h2g":"vhostkernel0","g2h":"eth0","h2g_ifindex":4,"g2h_ifindex":5,"g2h_device":"virtio0","serve_start_ns":N}`
     pub fn json_line(&self) -> String {
         format!(
-            "{{\"h2g\":\"{}\",\"g2h\":\"{}\",\"h2g_ifindex\":{},\"g2h_ifindex\":{},\"g2h_device\":\"{}\"}}",
-            self.h2g, self.g2h, self.h2g_ifindex, self.g2h_ifindex, self.g2h_device
+            "{{\"h2g\":\"{}\",\"g2h\":\"{}\",\"h2g_ifindex\":{},\"g2h_ifindex\":{},\"g2h_device\":\"{}\",\"serve_start_ns\":{}}}",
+            self.h2g, self.g2h, self.h2g_ifindex, self.g2h_ifindex, self.g2h_device, self.serve_start_ns
         )
     }
 
@@ -197,14 +201,23 @@ impl Interfaces {
         }
         let s = |k: &str| get.get(k).cloned().ok_or_else(|| anyhow!("missing {k} in {line:?}"));
         let n = |k: &str| -> Result<u32> { s(k)?.parse().with_context(|| format!("{k} in {line:?}")) };
+        let n64 = |k: &str| -> Result<u64> { s(k)?.parse().with_context(|| format!("{k} in {line:?}")) };
         Ok(Interfaces {
             h2g: s("h2g")?,
             g2h: s("g2h")?,
             h2g_ifindex: n("h2g_ifindex")?,
             g2h_ifindex: n("g2h_ifindex")?,
             g2h_device: s("g2h_device").unwrap_or_default(),
+            serve_start_ns: n64("serve_start_ns").unwrap_or(0),
         })
     }
+}
+
+/// CLOCK_MONOTONIC in ns: one clock for this process and its parent.
+pub fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 /// Names of the interfaces of the current namespace.
@@ -223,20 +236,32 @@ async fn bring_up(opts: &ServeOpts) -> Result<(Rig, Interfaces)> {
     let rig = prepare_rig(opts)?;
     let tap = rig.tap.name().to_string();
     rig.attach()?;
-    let g2h = watcher
-        .wait_new_link(
-            &HashSet::new(),
-            |l| {
-                !known.contains(&l.name)
-                    && l.name != tap
-                    && !l.name.starts_with("vhostkernel")
-                    && virtio_device_of(&l.name).map(|d| d.starts_with("virtio")).unwrap_or(false)
-            },
-            opts.timeout,
-            "the virtio-net interface to appear after VKTEST_ATTACH_VHOST",
-        )
-        .await?;
+    let is_g2h = |name: &str| {
+        !known.contains(name)
+            && name != tap
+            && !name.starts_with("vhostkernel")
+            && virtio_device_of(name).map(|d| d.starts_with("virtio")).unwrap_or(false)
+    };
+    // virtio-net probes within VKTEST_ATTACH_VHOST, so the interface is
+    // normally there already; reading its event back would cost ~10 ms of
+    // guest time in netlink parsing. The events decide when it is not
+    // (or when another attach raced with ours).
+    let now: Vec<String> = interface_names()?.into_iter().filter(|n| is_g2h(n)).collect();
+    let g2h = match now.as_slice() {
+        [name] => Link { index: if_index(name)?, name: name.clone() },
+        _ => {
+            watcher
+                .wait_new_link(
+                    &HashSet::new(),
+                    |l| is_g2h(&l.name),
+                    opts.timeout,
+                    "the virtio-net interface to appear after VKTEST_ATTACH_VHOST",
+                )
+                .await?
+        }
+    };
     let ifs = Interfaces {
+        serve_start_ns: 0,
         h2g_ifindex: if_index(&tap)?,
         h2g: tap,
         g2h_device: virtio_device_of(&g2h.name).unwrap_or_default(),
@@ -261,6 +286,7 @@ async fn bring_up_any(opts: &ServeOpts) -> Result<(Held, Interfaces)> {
             h2g: fake.h2g.clone(),
             g2h: fake.g2h.clone(),
             g2h_device: String::new(),
+            serve_start_ns: 0,
         };
         Ok((Held::Fake(fake), ifs))
     } else {
@@ -282,11 +308,13 @@ pub async fn serve(opts: &ServeOpts) -> Result<()> {
     let mut usr1 = signal(SignalKind::user_defined1()).context("install SIGUSR1 handler")?;
     let mut usr2 = signal(SignalKind::user_defined2()).context("install SIGUSR2 handler")?;
 
-    let (held, ifs) = tokio::select! {
+    let serve_start_ns = monotonic_ns();
+    let (held, mut ifs) = tokio::select! {
         r = bring_up_any(opts) => r?,
         _ = term.recv() => bail!("SIGTERM during setup"),
         _ = int.recv() => bail!("SIGINT during setup"),
     };
+    ifs.serve_start_ns = serve_start_ns;
     let line = if opts.json { ifs.json_line() } else { ifs.text_line() };
     say(&line).context("interface line")?;
 
@@ -364,11 +392,12 @@ mod tests {
             h2g_ifindex: 4,
             g2h_ifindex: 5,
             g2h_device: "virtio0".into(),
+            serve_start_ns: 7,
         };
         assert_eq!(i.text_line(), "h2g=vhostkernel0 g2h=eth0");
         assert_eq!(
             i.json_line(),
-            r#"{"h2g":"vhostkernel0","g2h":"eth0","h2g_ifindex":4,"g2h_ifindex":5,"g2h_device":"virtio0"}"#
+            r#"{"h2g":"vhostkernel0","g2h":"eth0","h2g_ifindex":4,"g2h_ifindex":5,"g2h_device":"virtio0","serve_start_ns":7}"#
         );
         assert_eq!(Interfaces::parse_json(&i.json_line()).unwrap(), i);
         assert!(Interfaces::parse_json("h2g=x").is_err());

@@ -514,14 +514,8 @@ fn is_virtio_net(l: &Link) -> bool {
 }
 
 /// One teardown scenario with traffic and floods.
-/// One teardown scenario; returns its time to ready (serve started to both
-/// interfaces up and addressed in their namespaces).
-pub async fn scenario(
-    kind: Teardown,
-    vhost_hdr: bool,
-    opts: &RunOpts,
-    diag: &mut dyn FnMut(String),
-) -> Result<Duration> {
+/// One teardown scenario; returns its time to ready.
+pub async fn scenario(kind: Teardown, vhost_hdr: bool, opts: &RunOpts, diag: &mut dyn FnMut(String)) -> Result<Ready> {
     let t = opts.timeout;
     // Namespaces first, so that on any error the child is gone before they are.
     let mut nsg = NetnsGuard::new();
@@ -562,7 +556,7 @@ async fn scenario_body(
     opts: &RunOpts,
     started: Instant,
     diag: &mut dyn FnMut(String),
-) -> Result<Duration> {
+) -> Result<Ready> {
     let t = opts.timeout;
     let (h2g_ns, g2h_ns) = (opts.h2g_ns(), opts.g2h_ns());
     let ifs = child.ifs.clone();
@@ -571,12 +565,19 @@ async fn scenario_body(
     diag(format!("serve: h2g={} g2h={}{dev}", ifs.h2g, ifs.g2h));
     let root = Rtnl::new(None)?;
     let pair = setup_pair(&root, (ifs.h2g_ifindex, &ifs.h2g), (ifs.g2h_ifindex, &ifs.g2h), &h2g_ns, &g2h_ns, t).await?;
-    let ready = started.elapsed();
+    let from_spawn = started.elapsed();
+    // The serve flow's own start (first device open), on the same clock.
+    let from_flow = match ifs.serve_start_ns {
+        0 => None,
+        t0 => Some(Duration::from_nanos(crate::serve::monotonic_ns().saturating_sub(t0))),
+    };
+    let ready = Ready { from_spawn, from_flow };
+    let flow = from_flow.map(|f| format!("; {:.1} ms from the serve flow's start", ms(f))).unwrap_or_default();
     diag(format!(
-        "ready in {:.1} ms (serve: devices wired, interfaces found {:.1} ms; moved, addressed, up {:.1} ms)",
-        ms(ready),
+        "ready in {:.1} ms (serve: devices wired, interfaces found {:.1} ms; moved, addressed, up {:.1} ms{flow})",
+        ms(from_spawn),
         ms(served),
-        ms(ready - served)
+        ms(from_spawn - served)
     ));
     if opts.progress {
         diag("step: traffic".into());
@@ -685,6 +686,16 @@ async fn scenario_body(
     res.map(|()| ready)
 }
 
+/// Time to ready of one scenario: from spawning the serving process, and
+/// from the start of its serve flow (its first device open; None when the
+/// child did not say), until both interfaces are up and addressed in their
+/// namespaces.
+#[derive(Debug, Clone, Copy)]
+pub struct Ready {
+    pub from_spawn: Duration,
+    pub from_flow: Option<Duration>,
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -761,7 +772,7 @@ pub async fn check_no_leftovers(opts: &RunOpts) -> Result<()> {
 }
 
 /// What one test point gave: its outcome and, for a scenario, its time to ready.
-type PointResult = Result<(Outcome, Option<Duration>)>;
+type PointResult = Result<(Outcome, Option<Ready>)>;
 
 async fn run_one(name: &str, opts: &RunOpts, diag: &mut dyn FnMut(String)) -> PointResult {
     let teardown = match name {
@@ -822,13 +833,18 @@ pub async fn leak_check(diag: &mut dyn FnMut(String)) -> Result<Outcome> {
     Ok(Outcome::Fail)
 }
 
+fn min_median_max(mut v: Vec<Duration>) -> Option<(Duration, Duration, Duration)> {
+    v.sort();
+    Some((*v.first()?, v[v.len() / 2], *v.last()?))
+}
+
 /// Guest-clock timings of a pass (Instant is CLOCK_MONOTONIC: inside a VM,
 /// the guest's time).
 #[derive(Default)]
 struct Timings {
     started: Option<Instant>,
     points: usize,
-    ready: Vec<Duration>,
+    ready: Vec<Ready>,
 }
 
 impl Timings {
@@ -840,16 +856,15 @@ impl Timings {
     fn summary(&self) -> String {
         let total = self.started.map(|s| s.elapsed()).unwrap_or_default();
         let mut line = format!("timing: {} points in {:.2} s (guest clock)", self.points, total.as_secs_f64());
+        let spawn: Vec<Duration> = self.ready.iter().map(|r| r.from_spawn).collect();
+        let flow: Vec<Duration> = self.ready.iter().filter_map(|r| r.from_flow).collect();
+        for (what, v) in [("time to ready", spawn), ("from the serve flow's start", flow)] {
+            if let Some((lo, mid, hi)) = min_median_max(v) {
+                line += &format!("; {what} min/median/max {:.1}/{:.1}/{:.1} ms", ms(lo), ms(mid), ms(hi));
+            }
+        }
         if !self.ready.is_empty() {
-            let mut r = self.ready.clone();
-            r.sort();
-            line += &format!(
-                "; time to ready min/median/max {:.1}/{:.1}/{:.1} ms over {} scenarios",
-                ms(r[0]),
-                ms(r[r.len() / 2]),
-                ms(r[r.len() - 1]),
-                r.len()
-            );
+            line += &format!(" over {} scenarios", self.ready.len());
         }
         line
     }
