@@ -797,11 +797,12 @@ pub async fn fuzz(opts: &FuzzOpts, out: impl std::io::Write) -> i32 {
     if leak_check {
         crate::suite::leak_baseline(&mut k);
     }
-    let kmsg = match crate::kmsg::KmsgMonitor::start_at(&opts.kmsg_path) {
-        Ok(m) => Some(m),
-        Err(e) => {
-            k.diag(&format!("kernel log not monitored: {e:#}"));
-            None
+    let kmsg = match crate::suite::watch_kernel_log(&opts.kmsg_path, &mut k) {
+        Ok(m) => m,
+        Err(reason) => {
+            k.bail_out(&reason);
+            k.totals();
+            return crate::ktap::EXIT_FAIL;
         }
     };
     for (p, calls, share) in phases {

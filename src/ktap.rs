@@ -51,6 +51,11 @@ impl<W: Write> Ktap<W> {
         self.line(&format!("1..{total}"));
     }
 
+    /// `Bail out! REASON`: the run stops before its test points.
+    pub fn bail_out(&mut self, reason: &str) {
+        self.line(&format!("Bail out! {reason}"));
+    }
+
     /// One `# ` diagnostic line per input line.
     pub fn diag(&mut self, msg: &str) {
         for l in msg.lines() {

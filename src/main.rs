@@ -235,6 +235,10 @@ enum Cmd {
         /// Harness self-test: read the kernel log from this path instead of /dev/kmsg.
         #[arg(long, value_name = "PATH", hide = true, default_value = vhost_kernel_test::kmsg::KMSG_PATH)]
         kmsg_path: String,
+        /// Do not watch /dev/kmsg (where it cannot be read): kernel reports
+        /// then go unnoticed. Without it, an unreadable kernel log stops the run (exit 1).
+        #[arg(long)]
+        no_kernel_log: bool,
         /// Harness self-test: `# step: NAME` diagnostics as scenarios reach their steps.
         #[arg(long, hide = true)]
         progress: bool,
@@ -262,6 +266,10 @@ enum Cmd {
         /// Harness self-test: read the kernel log from this path instead of /dev/kmsg.
         #[arg(long, value_name = "PATH", hide = true, default_value = vhost_kernel_test::kmsg::KMSG_PATH)]
         kmsg_path: String,
+        /// Do not watch /dev/kmsg (where it cannot be read): kernel reports
+        /// then go unnoticed. Without it, an unreadable kernel log stops the run (exit 1).
+        #[arg(long)]
+        no_kernel_log: bool,
     },
     /// Set up vhost-net-kernel + vktest + TAP, attach, print the interfaces, hold until SIGTERM/SIGINT.
     Serve(ServeArgs),
@@ -360,6 +368,7 @@ async fn real_main(cli: Cli) -> Result<i32> {
             repeat,
             cycles,
             kmsg_path,
+            no_kernel_log,
             progress,
         } => {
             let mut all = all_tests();
@@ -388,7 +397,7 @@ async fn real_main(cli: Cli) -> Result<i32> {
                 flood_window,
                 fake_device,
                 features: features.map(|f| f.name),
-                kmsg_path,
+                kmsg_path: if no_kernel_log { String::new() } else { kmsg_path },
                 cycles,
                 progress,
                 ..Default::default()
@@ -398,7 +407,7 @@ async fn real_main(cli: Cli) -> Result<i32> {
                 None => interruptible(run_tests(&selected, &opts, std::io::stdout())).await,
             }
         }
-        Cmd::Fuzz { seed, duration, count, phase, timeout, kmsg_path } => {
+        Cmd::Fuzz { seed, duration, count, phase, timeout, kmsg_path, no_kernel_log } => {
             let limit = match duration {
                 Some(d) => {
                     anyhow::ensure!(d.is_finite() && d > 0.0, "--duration must be a positive number of seconds");
@@ -411,7 +420,7 @@ async fn real_main(cli: Cli) -> Result<i32> {
                 limit,
                 phase,
                 timeout: Duration::from_secs(timeout),
-                kmsg_path,
+                kmsg_path: if no_kernel_log { String::new() } else { kmsg_path },
             };
             interruptible(fuzz(&opts, std::io::stdout())).await
         }

@@ -979,15 +979,60 @@ pub(crate) fn quote_kernel_reports<W: std::io::Write>(
     true
 }
 
-/// What every run does before its first test point: say why nothing can run
-/// (Err with the reason), remove stale namespaces, start the kernel log monitor.
+/// Why a run stops before its first test point.
+enum NotRun {
+    /// Nothing can run here (exit 4, every point skipped with the reason).
+    Skip(String),
+    /// Something is wrong with the machine (exit 1, `Bail out!`).
+    Fail(String),
+}
+
+/// Start watching the kernel log at `path` (empty: not watched, as asked by
+/// `--no-kernel-log`). Err when it cannot be read: a run that cannot see a
+/// KASAN, lockdep or leak report must not pass.
+pub fn watch_kernel_log<W: std::io::Write>(
+    path: &str,
+    k: &mut Ktap<W>,
+) -> std::result::Result<Option<KmsgMonitor>, String> {
+    if path.is_empty() {
+        k.diag("kernel log not watched (--no-kernel-log): kernel reports go unnoticed");
+        return Ok(None);
+    }
+    KmsgMonitor::start_at(path).map(Some).map_err(|e| {
+        format!(
+            "cannot watch the kernel log: {e:#}; kernel reports (KASAN, lockdep, WARN, leaks) would go unnoticed \
+             (needs root and a readable {KMSG_PATH}; --no-kernel-log runs without it)"
+        )
+    })
+}
+
+/// Stop a run that cannot start: `Bail out!` (exit 1) or every point skipped
+/// (exit 4), through `skip_all`.
+fn report_not_run<W: std::io::Write>(k: &mut Ktap<W>, why: NotRun, skip_all: impl FnOnce(&mut Ktap<W>, &str)) -> i32 {
+    match why {
+        NotRun::Fail(reason) => {
+            k.bail_out(&reason);
+            k.totals();
+            crate::ktap::EXIT_FAIL
+        }
+        NotRun::Skip(reason) => {
+            k.diag(&reason);
+            skip_all(k, &reason);
+            k.totals();
+            EXIT_ALL_SKIPPED
+        }
+    }
+}
+
+/// What every run does before its first test point: say why nothing can run,
+/// remove stale namespaces, start the kernel log monitor.
 fn prepare_run<W: std::io::Write>(
     tests: &[&str],
     opts: &RunOpts,
     k: &mut Ktap<W>,
-) -> std::result::Result<Option<KmsgMonitor>, String> {
+) -> std::result::Result<Option<KmsgMonitor>, NotRun> {
     if let Some(reason) = skip_reason().filter(|_| !opts.fake_device) {
-        return Err(reason);
+        return Err(NotRun::Skip(reason));
     }
     if tests.iter().any(|t| SCENARIO_TESTS.contains(t) || RACE_TESTS.contains(t)) {
         if let Err(e) = remove_stale_namespaces(opts, k) {
@@ -997,13 +1042,7 @@ fn prepare_run<W: std::io::Write>(
     if tests.contains(&LEAK_CHECK) {
         leak_baseline(k);
     }
-    Ok(match KmsgMonitor::start_at(&opts.kmsg_path) {
-        Ok(m) => Some(m),
-        Err(e) => {
-            k.diag(&format!("kernel log not monitored: {e:#}"));
-            None
-        }
-    })
+    watch_kernel_log(&opts.kmsg_path, k).map_err(NotRun::Fail)
 }
 
 /// Before a run whose passes end with the leak check: let kmemleak report
@@ -1033,13 +1072,12 @@ pub async fn run_tests(tests: &[&str], opts: &RunOpts, out: impl std::io::Write)
     k.header(tests.len());
     let kmsg = match prepare_run(tests, opts, &mut k) {
         Ok(m) => m,
-        Err(reason) => {
-            k.diag(&reason);
-            for t in tests {
-                k.result(t, &Outcome::Skip(reason.clone()));
-            }
-            k.totals();
-            return EXIT_ALL_SKIPPED;
+        Err(why) => {
+            return report_not_run(&mut k, why, |k, reason| {
+                for t in tests {
+                    k.result(t, &Outcome::Skip(reason.to_string()));
+                }
+            })
         }
     };
     let mut timings = Timings::start();
@@ -1059,18 +1097,17 @@ pub async fn run_tests_repeated(tests: &[&str], opts: &RunOpts, n: usize, out: i
     k.header(n);
     let kmsg = match prepare_run(tests, opts, &mut k) {
         Ok(m) => m,
-        Err(reason) => {
-            k.diag(&reason);
-            for it in 1..=n {
-                let mut sub = k.nested();
-                sub.header(tests.len());
-                for t in tests {
-                    sub.result(t, &Outcome::Skip(reason.clone()));
+        Err(why) => {
+            return report_not_run(&mut k, why, |k, reason| {
+                for it in 1..=n {
+                    let mut sub = k.nested();
+                    sub.header(tests.len());
+                    for t in tests {
+                        sub.result(t, &Outcome::Skip(reason.to_string()));
+                    }
+                    k.result(&format!("iteration-{it}"), &Outcome::Skip(reason.to_string()));
                 }
-                k.result(&format!("iteration-{it}"), &Outcome::Skip(reason.clone()));
-            }
-            k.totals();
-            return EXIT_ALL_SKIPPED;
+            })
         }
     };
     repeat_points(&mut k, tests, opts, n, kmsg.as_ref().map(|m| m as &dyn KernelLog)).await

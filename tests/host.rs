@@ -457,12 +457,13 @@ fn stale_namespace_of_the_run_is_removed_and_said() {
 }
 
 #[test]
-fn unusable_kernel_log_is_a_diagnostic_not_a_panic() {
+fn unreadable_kernel_log_stops_the_run_with_a_clear_error() {
     if !root() {
         return;
     }
     let _g = FAKE_RUNS.lock().unwrap_or_else(|p| p.into_inner());
     let p = format!("{}-", tag("km"));
+    let ns_before = ip_netns_list(&p);
     for (path, says) in [("/nonexistent/kmsg", "open /nonexistent/kmsg"), ("/", "/ is not a character device")] {
         for repeat in [None, Some("2")] {
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_vhost-kernel-test"));
@@ -473,11 +474,36 @@ fn unusable_kernel_log_is_a_diagnostic_not_a_panic() {
             }
             let out = cmd.output().unwrap();
             let (text, err) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-            assert_eq!(out.status.code(), Some(0), "{text}{err}");
-            assert!(text.contains(&format!("# kernel log not monitored: {says}")), "{text}");
+            assert_eq!(out.status.code(), Some(1), "{text}{err}");
+            let bail =
+                text.lines().find(|l| l.starts_with("Bail out! cannot watch the kernel log: ")).unwrap_or_default();
+            assert!(bail.contains(says) && bail.contains("--no-kernel-log"), "{text}");
+            assert!(!text.contains("ok 1 teardown_exit"), "no test point may run: {text}");
             assert!(!err.contains("panicked"), "{err}");
+            assert_eq!(ip_netns_list(&p), ns_before, "namespaces left behind: {text}");
         }
     }
+    let fuzz = Command::new(env!("CARGO_BIN_EXE_vhost-kernel-test"))
+        .args(["fuzz", "--count", "1", "--kmsg-path", "/nonexistent/kmsg"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&fuzz.stdout);
+    // Without the devices fuzz skips before it looks at the log.
+    if std::path::Path::new("/dev/vktest").exists() {
+        assert_eq!(fuzz.status.code(), Some(1), "{text}");
+        assert!(text.contains("Bail out! cannot watch the kernel log"), "{text}");
+    } else {
+        assert_eq!(fuzz.status.code(), Some(4), "{text}");
+    }
+    // Asked for explicitly, the run goes on and says what it does not see.
+    let out = Command::new(env!("CARGO_BIN_EXE_vhost-kernel-test"))
+        .args(["run", "--fake-device", "--timeout", "10", "--ns-prefix", &p, "--no-kernel-log"])
+        .args(["--test", "teardown_exit"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("# kernel log not watched (--no-kernel-log)"), "{text}");
 }
 
 #[test]
