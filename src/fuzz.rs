@@ -284,7 +284,7 @@ const VHOST_F_LOG_ALL: u64 = 1 << 26;
 pub fn vktest_features_valid(bits: u64) -> bool {
     use crate::ioctl::*;
     let required = VIRTIO_F_VERSION_1 | VIRTIO_F_ACCESS_PLATFORM;
-    if bits & required != required || bits & !(required | crate::vhost::OFFLOAD_FEATURES) != 0 {
+    if bits & required != required || bits & !(required | crate::vhost::OPTIONAL_FEATURES) != 0 {
         return false;
     }
     let host_tso = VIRTIO_NET_F_HOST_TSO4 | VIRTIO_NET_F_HOST_TSO6;
@@ -435,8 +435,8 @@ fn random_features(rng: &mut Rng) -> u64 {
     match rng.below(8) {
         0..=2 => rfc | (rng.next_u64() & (VHOST_NET_FEATURES & !VHOST_F_LOG_ALL)),
         3 => rfc,
-        4 => rfc | (rng.next_u64() & crate::vhost::OFFLOAD_FEATURES),
-        5 => rng.next_u64() & (VHOST_NET_FEATURES | crate::vhost::OFFLOAD_FEATURES),
+        4 => rfc | (rng.next_u64() & crate::vhost::OPTIONAL_FEATURES),
+        5 => rng.next_u64() & (VHOST_NET_FEATURES | crate::vhost::OPTIONAL_FEATURES),
         6 => 1u64 << rng.below(64),
         _ => rng.next_u64(),
     }
@@ -517,7 +517,7 @@ impl Pool {
             }],
             (66..=69, _, Some(t)) => {
                 let bits = if rng.below(2) == 0 {
-                    crate::vhost::RFC_FEATURES | (rng.next_u64() & crate::vhost::OFFLOAD_FEATURES)
+                    crate::vhost::RFC_FEATURES | (rng.next_u64() & crate::vhost::OPTIONAL_FEATURES)
                 } else {
                     random_features(rng)
                 };

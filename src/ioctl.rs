@@ -128,6 +128,9 @@ pub const TUN_F_TSO_ECN: u32 = 0x08;
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 pub const VIRTIO_F_ACCESS_PLATFORM: u64 = 1 << 33;
 pub const VHOST_NET_F_VIRTIO_NET_HDR: u64 = 1 << 27;
+/// Virtqueue feature bits (include/uapi/linux/virtio_ring.h).
+pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 /// virtio-net feature bits (include/uapi/linux/virtio_net.h).
 pub const VIRTIO_NET_F_CSUM: u64 = 1 << 0;
 pub const VIRTIO_NET_F_GUEST_CSUM: u64 = 1 << 1;

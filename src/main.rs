@@ -55,9 +55,11 @@ Exit status of run/attach/fuzz: 0 all passed (some skips allowed), 1 a test fail
 const FEATURE_SETS: &str = "\
 Feature sets (--features SET on run, serve, bench): `rfc` (VIRTIO_F_VERSION_1 |
 VIRTIO_F_ACCESS_PLATFORM, the default) or a comma list added to it of csum,
-guest_csum, guest_tso4, guest_tso6, host_tso4, host_tso6, mrg_rxbuf, or
-`offloads` for all of them. vhost-net gets the bits it implements, vktest
-(VKTEST_SET_FEATURES) offers virtio-net the whole set.";
+guest_csum, guest_tso4, guest_tso6, host_tso4, host_tso6, mrg_rxbuf (or
+`offloads` for all of them) and the ring features indirect_desc, event_idx (or
+`ring` for both). vhost-net gets the bits it implements (version_1,
+access_platform, mrg_rxbuf and the ring features), vktest (VKTEST_SET_FEATURES)
+offers virtio-net the whole set.";
 
 const FUZZ_ABOUT: &str = "\
 Random but valid-shaped sequences of the ioctls of /dev/vhost-net-kernel and
@@ -77,8 +79,8 @@ first diagnostic line. Exit: 0 pass, 1 fail, 4 devices (or root) missing.";
 
 const BENCH_ABOUT: &str = "\
 Benchmark the kernel-buffer vhost path against a veth pair (same kernel, same
-moment). For each feature set (default: rfc, then offloads if
-/dev/vhost-net-kernel offers them) a `serve` child is started with that set and
+moment). For each feature set (default: rfc, then offloads and offloads,ring
+if /dev/vhost-net-kernel and vktest offer them) a `serve` child is started with that set and
 TAP offloads derived from it; its TAP goes to <PREFIX>h2g (fe80::) and its
 virtio-net interface to <PREFIX>g2h (fe80::1). The baseline is a veth pair
 between <PREFIX>vb-a (fe80::) and <PREFIX>vb-b (fe80::1).
@@ -157,7 +159,7 @@ struct ServeArgs {
     #[arg(long)]
     fake_device: bool,
     /// Feature set: rfc (default) or a comma list (see the end of --help). Its vhost-net
-    /// part (version_1, access_platform, mrg_rxbuf) goes to VHOST_SET_FEATURES, the
+    /// part (version_1, access_platform, mrg_rxbuf, the ring features) goes to VHOST_SET_FEATURES, the
     /// whole set to VKTEST_SET_FEATURES (what vktest offers virtio-net).
     #[arg(long, value_name = "SET", default_value = "rfc")]
     features: FeatureSet,
@@ -291,7 +293,7 @@ enum Cmd {
         /// Repetitions (medians are reported).
         #[arg(long, default_value_t = 3)]
         reps: u32,
-        /// Only this feature set (default: rfc and offloads).
+        /// Only this feature set (default: rfc, offloads and offloads,ring).
         #[arg(long, value_name = "SET")]
         features: Option<FeatureSet>,
         /// One JSON object on stdout instead of the table (no progress on stderr).

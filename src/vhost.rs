@@ -179,7 +179,7 @@ pub const RFC_FEATURES: u64 = ioctl::VIRTIO_F_VERSION_1 | ioctl::VIRTIO_F_ACCESS
 /// to VHOST_SET_FEATURES (upstream vhost-net refuses the checksum/TSO bits with
 /// EOPNOTSUPP: they concern only virtio-net and the TAP's offloads). The whole
 /// set goes to vktest (VKTEST_SET_FEATURES), which offers it to virtio-net.
-pub const VHOST_NET_BITS: u64 = RFC_FEATURES | ioctl::VIRTIO_NET_F_MRG_RXBUF;
+pub const VHOST_NET_BITS: u64 = RFC_FEATURES | ioctl::VIRTIO_NET_F_MRG_RXBUF | RING_FEATURES;
 
 /// virtio-net feature names accepted by `--features`, with their bits.
 pub const NET_FEATURES: &[(&str, u64)] = &[
@@ -192,16 +192,36 @@ pub const NET_FEATURES: &[(&str, u64)] = &[
     ("mrg_rxbuf", ioctl::VIRTIO_NET_F_MRG_RXBUF),
 ];
 
-/// Every name of [`NET_FEATURES`] (the `offloads` shorthand).
-pub const OFFLOAD_FEATURES: u64 = {
+/// Virtqueue feature names accepted by `--features`, with their bits. Both
+/// ends must agree on them (they change the ring protocol), so they go to
+/// VHOST_SET_FEATURES as well as to vktest.
+pub const RING_FEATURES_NAMED: &[(&str, u64)] =
+    &[("indirect_desc", ioctl::VIRTIO_RING_F_INDIRECT_DESC), ("event_idx", ioctl::VIRTIO_RING_F_EVENT_IDX)];
+
+/// The bits of a name list.
+const fn bits_of(names: &[(&str, u64)]) -> u64 {
     let mut bits = 0;
     let mut i = 0;
-    while i < NET_FEATURES.len() {
-        bits |= NET_FEATURES[i].1;
+    while i < names.len() {
+        bits |= names[i].1;
         i += 1;
     }
     bits
-};
+}
+
+/// Every name of [`NET_FEATURES`] (the `offloads` shorthand).
+pub const OFFLOAD_FEATURES: u64 = bits_of(NET_FEATURES);
+
+/// Every name of [`RING_FEATURES_NAMED`] (the `ring` shorthand).
+pub const RING_FEATURES: u64 = bits_of(RING_FEATURES_NAMED);
+
+/// Every feature a set may add to the RFC's.
+pub const OPTIONAL_FEATURES: u64 = OFFLOAD_FEATURES | RING_FEATURES;
+
+/// The name of one optional feature bit.
+fn optional_name(bit: u64) -> Option<&'static str> {
+    NET_FEATURES.iter().chain(RING_FEATURES_NAMED).find(|(_, v)| *v == bit).map(|(n, _)| *n)
+}
 
 /// Names of the bits in `bits` (`version_1`, `access_platform`, the
 /// [`NET_FEATURES`] names, `vhost_net_hdr`, `bitN` for anything else).
@@ -214,21 +234,19 @@ pub fn feature_names(bits: u64) -> Vec<String> {
                 ioctl::VIRTIO_F_VERSION_1 => "version_1".to_string(),
                 ioctl::VIRTIO_F_ACCESS_PLATFORM => "access_platform".to_string(),
                 ioctl::VHOST_NET_F_VIRTIO_NET_HDR => "vhost_net_hdr".to_string(),
-                _ => NET_FEATURES
-                    .iter()
-                    .find(|(_, v)| *v == bit)
-                    .map(|(n, _)| n.to_string())
-                    .unwrap_or_else(|| format!("bit{b}")),
+                _ => optional_name(bit).map(str::to_string).unwrap_or_else(|| format!("bit{b}")),
             }
         })
         .collect()
 }
 
 /// A feature set for VHOST_SET_FEATURES: `rfc` (the RFC's bits) or a comma
-/// list of [`NET_FEATURES`] names (or `offloads`, all of them) added to it.
+/// list of [`NET_FEATURES`] and [`RING_FEATURES_NAMED`] names (or `offloads`
+/// and `ring`, all of either) added to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FeatureSet {
-    /// Canonical spelling: `rfc`, `offloads`, or the names in bit order.
+    /// Canonical spelling: `rfc`, or `offloads` / `ring` for a complete
+    /// group and the names of the other bits in bit order.
     pub name: String,
     pub bits: u64,
 }
@@ -248,6 +266,11 @@ impl FeatureSet {
         FeatureSet { name: "offloads".into(), bits: RFC_FEATURES | OFFLOAD_FEATURES }
     }
 
+    /// Everything vktest can offer: the offloads and the ring features.
+    pub fn offloads_and_ring() -> Self {
+        Self::from_bits(RFC_FEATURES | OPTIONAL_FEATURES)
+    }
+
     pub fn is_rfc(&self) -> bool {
         self.bits == RFC_FEATURES
     }
@@ -257,30 +280,48 @@ impl FeatureSet {
         self.bits & VHOST_NET_BITS
     }
 
-    /// Parse `rfc`, `offloads`, or e.g. `csum,guest_csum,mrg_rxbuf`.
+    /// Parse `rfc`, `offloads`, `offloads,ring`, or e.g. `csum,guest_csum,mrg_rxbuf`.
     pub fn parse(spec: &str) -> Result<Self> {
         let mut bits = RFC_FEATURES;
         for word in spec.split(',').map(str::trim).filter(|w| !w.is_empty()) {
             bits |= match word {
                 "rfc" => RFC_FEATURES,
                 "offloads" => OFFLOAD_FEATURES,
-                _ => NET_FEATURES.iter().find(|(n, _)| *n == word).map(|(_, b)| *b).ok_or_else(|| {
-                    let names: Vec<&str> = NET_FEATURES.iter().map(|(n, _)| *n).collect();
-                    anyhow::anyhow!("unknown feature {word:?} in {spec:?} (valid: rfc, offloads, {})", names.join(", "))
-                })?,
+                "ring" => RING_FEATURES,
+                _ => NET_FEATURES
+                    .iter()
+                    .chain(RING_FEATURES_NAMED)
+                    .find(|(n, _)| *n == word)
+                    .map(|(_, b)| *b)
+                    .ok_or_else(|| {
+                        let names: Vec<&str> =
+                            NET_FEATURES.iter().chain(RING_FEATURES_NAMED).map(|(n, _)| *n).collect();
+                        anyhow::anyhow!(
+                            "unknown feature {word:?} in {spec:?} (valid: rfc, offloads, ring, {})",
+                            names.join(", ")
+                        )
+                    })?,
             };
         }
         Ok(Self::from_bits(bits))
     }
 
+    /// The part of the set that works without a TAP vnet header: what
+    /// vhost-net itself implements ([`FeatureSet::vhost_bits`]).
+    pub fn vhost_only(&self) -> Self {
+        Self::from_bits(self.vhost_bits())
+    }
+
     fn from_bits(bits: u64) -> Self {
-        let name = if bits == RFC_FEATURES {
-            "rfc".to_string()
-        } else if bits == RFC_FEATURES | OFFLOAD_FEATURES {
-            "offloads".to_string()
-        } else {
-            feature_names(bits & OFFLOAD_FEATURES).join(",")
+        let group = |all: u64, name: &str| -> Vec<String> {
+            if bits & all == all {
+                vec![name.to_string()]
+            } else {
+                feature_names(bits & all)
+            }
         };
+        let words = [group(OFFLOAD_FEATURES, "offloads"), group(RING_FEATURES, "ring")].concat();
+        let name = if words.is_empty() { "rfc".to_string() } else { words.join(",") };
         FeatureSet { name, bits }
     }
 }
@@ -334,8 +375,17 @@ mod tests {
         assert_eq!(o.vhost_bits(), RFC_FEATURES | 1 << 15);
         assert_eq!(FeatureSet::rfc().vhost_bits(), RFC_FEATURES);
         assert_eq!(FeatureSet::parse("rfc,").unwrap().name, "rfc");
+        let r = FeatureSet::parse("ring, offloads").unwrap();
+        assert_eq!((r.name.as_str(), r.bits), ("offloads,ring", 0x3_3000_9983));
+        assert_eq!(r.vhost_bits(), RFC_FEATURES | 1 << 15 | 1 << 28 | 1 << 29);
+        assert_eq!(FeatureSet::parse("event_idx,indirect_desc").unwrap().name, "ring");
+        assert_eq!(FeatureSet::parse("event_idx,csum").unwrap().name, "csum,event_idx");
+        assert_eq!(r, FeatureSet::offloads_and_ring());
+        assert_eq!(r.vhost_only().name, "mrg_rxbuf,ring");
+        assert_eq!(o.vhost_only().name, "mrg_rxbuf");
+        assert_eq!(FeatureSet::parse("csum").unwrap().vhost_only(), FeatureSet::rfc());
         let e = FeatureSet::parse("csum,tso").unwrap_err().to_string();
-        assert!(e.contains("\"tso\"") && e.contains("guest_tso6"), "{e}");
+        assert!(e.contains("\"tso\"") && e.contains("guest_tso6") && e.contains("event_idx"), "{e}");
     }
 
     #[test]
