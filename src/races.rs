@@ -13,6 +13,12 @@ use crate::net::{if_index, virtio_device_of, LinkEvent, LinkWatcher, Rtnl};
 /// Default cycles of `attach_close_loop` (`run --cycles`).
 pub const DEFAULT_CYCLES: u32 = 1000;
 
+/// Default cycles per pass of a run of `passes` passes: [`DEFAULT_CYCLES`]
+/// spread over them, so that the soak as a whole does them once.
+pub fn cycles_per_pass(passes: u32) -> u32 {
+    DEFAULT_CYCLES.div_ceil(passes.max(1))
+}
+
 /// Where registered vDPA devices show up.
 pub const VDPA_DEVICES: &str = "/sys/bus/vdpa/devices";
 
@@ -162,6 +168,15 @@ mod tests {
         fewer.fds.remove(&3);
         fewer.links.clear();
         assert!(before.leftovers(&fewer).is_empty());
+    }
+
+    #[test]
+    fn a_soak_spreads_the_cycles_over_its_passes() {
+        assert_eq!(cycles_per_pass(1), 1000);
+        assert_eq!(cycles_per_pass(20), 50);
+        assert_eq!(cycles_per_pass(3), 334);
+        assert_eq!(cycles_per_pass(0), 1000);
+        assert_eq!(cycles_per_pass(5000), 1);
     }
 
     #[test]
