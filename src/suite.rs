@@ -513,8 +513,6 @@ fn is_virtio_net(l: &Link) -> bool {
     !l.name.starts_with("vhostkernel") && virtio_device_of(&l.name).map(|d| d.starts_with("virtio")).unwrap_or(false)
 }
 
-/// One teardown scenario with traffic and floods.
-/// One teardown scenario; returns its time to ready.
 /// The feature set a scenario's serve gets for `--features SET`. With the
 /// vhost-added header (a TAP without IFF_VNET_HDR) there is nowhere to carry
 /// checksum/TSO metadata, so those bits are left out and the rest of the set
@@ -531,6 +529,7 @@ fn features_for(set: &str, vhost_hdr: bool, diag: &mut dyn FnMut(String)) -> Res
     Ok(kept.name)
 }
 
+/// One teardown scenario with traffic and floods; returns its time to ready.
 pub async fn scenario(kind: Teardown, vhost_hdr: bool, opts: &RunOpts, diag: &mut dyn FnMut(String)) -> Result<Ready> {
     let t = opts.timeout;
     // Namespaces first, so that on any error the child is gone before they are.
