@@ -51,10 +51,10 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::ioctl::{self, VhostMemory, VhostVringAddr, VhostVringFile, VhostVringState};
 use crate::kmsg::LEAK_CHECK;
-use crate::ktap::{Ktap, Outcome, EXIT_ALL_SKIPPED};
+use crate::ktap::{Ktap, Outcome};
 use crate::net::{LinkWatcher, Rtnl};
 use crate::races::{wait_all_gone, Snapshot};
-use crate::suite::{skip_reason, KernelLog};
+use crate::suite::{report_not_run, skip_reason, KernelLog, NotRun};
 use crate::tap::{Tap, TAP_TEMPLATE};
 use crate::vhost::{node_exists, open_ro, VHOST_NET_KERNEL_PATH, VHOST_NET_PATH};
 use crate::vktest::VKTEST_PATH;
@@ -783,27 +783,23 @@ pub async fn fuzz(opts: &FuzzOpts, out: impl std::io::Write) -> i32 {
     let leak_check = crate::kmsg::kmemleak_unavailable().is_none();
     k.header(phases.len() + usize::from(leak_check));
     k.diag(&format!("seed: {}", opts.seed));
-    if let Some(reason) = skip_reason() {
-        k.diag(&reason);
+    let skip_all = |k: &mut Ktap<_>, reason: &str| {
         for (p, ..) in &phases {
-            k.result(&format!("fuzz_phase_{p}"), &Outcome::Skip(reason.clone()));
+            k.result(&format!("fuzz_phase_{p}"), &Outcome::Skip(reason.to_string()));
         }
         if leak_check {
-            k.result(LEAK_CHECK, &Outcome::Skip(reason.clone()));
+            k.result(LEAK_CHECK, &Outcome::Skip(reason.to_string()));
         }
-        k.totals();
-        return EXIT_ALL_SKIPPED;
+    };
+    if let Some(reason) = skip_reason() {
+        return report_not_run(&mut k, NotRun::Skip(reason), skip_all);
     }
     if leak_check {
         crate::suite::leak_baseline(&mut k);
     }
     let kmsg = match crate::suite::watch_kernel_log(&opts.kmsg_path, &mut k) {
         Ok(m) => m,
-        Err(reason) => {
-            k.bail_out(&reason);
-            k.totals();
-            return crate::ktap::EXIT_FAIL;
-        }
+        Err(reason) => return report_not_run(&mut k, NotRun::Fail(reason), skip_all),
     };
     for (p, calls, share) in phases {
         let name = format!("fuzz_phase_{p}");

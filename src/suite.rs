@@ -995,7 +995,7 @@ pub(crate) fn quote_kernel_reports<W: std::io::Write>(
 }
 
 /// Why a run stops before its first test point.
-enum NotRun {
+pub(crate) enum NotRun {
     /// Nothing can run here (exit 4, every point skipped with the reason).
     Skip(String),
     /// Something is wrong with the machine (exit 1, `Bail out!`).
@@ -1023,7 +1023,11 @@ pub fn watch_kernel_log<W: std::io::Write>(
 
 /// Stop a run that cannot start: `Bail out!` (exit 1) or every point skipped
 /// (exit 4), through `skip_all`.
-fn report_not_run<W: std::io::Write>(k: &mut Ktap<W>, why: NotRun, skip_all: impl FnOnce(&mut Ktap<W>, &str)) -> i32 {
+pub(crate) fn report_not_run<W: std::io::Write>(
+    k: &mut Ktap<W>,
+    why: NotRun,
+    skip_all: impl FnOnce(&mut Ktap<W>, &str),
+) -> i32 {
     match why {
         NotRun::Fail(reason) => {
             k.bail_out(&reason);
