@@ -80,10 +80,10 @@ first diagnostic line. Exit: 0 pass, 1 fail, 4 devices (or root) missing.";
 const BENCH_ABOUT: &str = "\
 Benchmark the kernel-buffer vhost path against a veth pair (same kernel, same
 moment). For each feature set (default: rfc, then offloads and offloads,ring
-if /dev/vhost-net-kernel and vktest offer them) a `serve` child is started with that set and
-TAP offloads derived from it; its TAP goes to <PREFIX>h2g (fe80::) and its
-virtio-net interface to <PREFIX>g2h (fe80::1). The baseline is a veth pair
-between <PREFIX>vb-a (fe80::) and <PREFIX>vb-b (fe80::1).
+if /dev/vhost-net-kernel and vktest offer them) a `serve` child is started
+with that set and TAP offloads derived from it; its TAP goes to <PREFIX>h2g
+(fe80::) and its virtio-net interface to <PREFIX>g2h (fe80::1). The baseline
+is a veth pair between <PREFIX>vb-a (fe80::) and <PREFIX>vb-b (fe80::1).
 
 Figures, each measured for --duration seconds by threads of this process
 inside the namespaces: TCP stream h2g->g2h and g2h->h2g (bytes counted by the
