@@ -270,13 +270,13 @@ impl Expect {
 
 /// vhost-net's feature bits in 6.12 (VHOST_NET_FEATURES).
 pub const VHOST_NET_FEATURES: u64 = 1 << 24 // NOTIFY_ON_EMPTY
-    | 1 << 28 // RING_INDIRECT_DESC
-    | 1 << 29 // RING_EVENT_IDX
-    | 1 << 26 // VHOST_F_LOG_ALL
-    | 1 << 27 // ANY_LAYOUT = VHOST_NET_F_VIRTIO_NET_HDR
-    | 1 << 32 // VERSION_1
-    | 1 << 15 // MRG_RXBUF
-    | 1 << 33 // ACCESS_PLATFORM
+    | ioctl::VIRTIO_RING_F_INDIRECT_DESC
+    | ioctl::VIRTIO_RING_F_EVENT_IDX
+    | VHOST_F_LOG_ALL
+    | ioctl::VHOST_NET_F_VIRTIO_NET_HDR // = ANY_LAYOUT
+    | ioctl::VIRTIO_F_VERSION_1
+    | ioctl::VIRTIO_NET_F_MRG_RXBUF
+    | ioctl::VIRTIO_F_ACCESS_PLATFORM
     | 1 << 40; // RING_RESET
 const VHOST_F_LOG_ALL: u64 = 1 << 26;
 
@@ -893,6 +893,8 @@ mod tests {
         assert_eq!(expect(&Op::SetFeatures(v, crate::vhost::RFC_FEATURES)).judge(Ok(())), None);
         let off = crate::vhost::FeatureSet::offloads().bits;
         assert!(vktest_features_valid(off) && vktest_features_valid(crate::vhost::RFC_FEATURES));
+        // 6.12's VHOST_NET_FEATURES, as the kernel has it.
+        assert_eq!(VHOST_NET_FEATURES, 0x103_3d00_8000);
         assert!(!vktest_features_valid(off & !crate::ioctl::VIRTIO_NET_F_CSUM));
         assert!(!vktest_features_valid(crate::ioctl::VIRTIO_F_VERSION_1));
         assert!(!vktest_features_valid(crate::vhost::RFC_FEATURES | 1 << 50));

@@ -218,9 +218,14 @@ pub const RING_FEATURES: u64 = bits_of(RING_FEATURES_NAMED);
 /// Every feature a set may add to the RFC's.
 pub const OPTIONAL_FEATURES: u64 = OFFLOAD_FEATURES | RING_FEATURES;
 
+/// Every name a set may add to the RFC's, with its bit.
+fn optional_named() -> impl Iterator<Item = &'static (&'static str, u64)> {
+    NET_FEATURES.iter().chain(RING_FEATURES_NAMED)
+}
+
 /// The name of one optional feature bit.
 fn optional_name(bit: u64) -> Option<&'static str> {
-    NET_FEATURES.iter().chain(RING_FEATURES_NAMED).find(|(_, v)| *v == bit).map(|(n, _)| *n)
+    optional_named().find(|(_, v)| *v == bit).map(|(n, _)| *n)
 }
 
 /// Names of the bits in `bits` (`version_1`, `access_platform`, the
@@ -288,19 +293,13 @@ impl FeatureSet {
                 "rfc" => RFC_FEATURES,
                 "offloads" => OFFLOAD_FEATURES,
                 "ring" => RING_FEATURES,
-                _ => NET_FEATURES
-                    .iter()
-                    .chain(RING_FEATURES_NAMED)
-                    .find(|(n, _)| *n == word)
-                    .map(|(_, b)| *b)
-                    .ok_or_else(|| {
-                        let names: Vec<&str> =
-                            NET_FEATURES.iter().chain(RING_FEATURES_NAMED).map(|(n, _)| *n).collect();
-                        anyhow::anyhow!(
-                            "unknown feature {word:?} in {spec:?} (valid: rfc, offloads, ring, {})",
-                            names.join(", ")
-                        )
-                    })?,
+                _ => optional_named().find(|(n, _)| *n == word).map(|(_, b)| *b).ok_or_else(|| {
+                    let names: Vec<&str> = optional_named().map(|(n, _)| *n).collect();
+                    anyhow::anyhow!(
+                        "unknown feature {word:?} in {spec:?} (valid: rfc, offloads, ring, {})",
+                        names.join(", ")
+                    )
+                })?,
             };
         }
         Ok(Self::from_bits(bits))
