@@ -37,7 +37,12 @@ need_crate() {
 
 cargo_fmt() { need_crate && (cd "$VKT_ROOT" && cargo fmt --all -- --check); }
 cargo_clippy() { need_crate && (cd "$VKT_ROOT" && cargo clippy --all-targets -- -D warnings); }
-cargo_test() { need_crate && (cd "$VKT_ROOT" && cargo test); }
+# As root the tests that need root (#[ignore = "needs root"]) run too.
+cargo_test() {
+	local extra=()
+	[ "$(id -u)" -ne 0 ] || extra=(-- --include-ignored)
+	need_crate && (cd "$VKT_ROOT" && cargo test "${extra[@]}")
+}
 
 shell_scripts() {
 	printf '%s\n' "$VKT_ROOT"/scripts/*.sh "$VKT_ROOT/scripts/vmtest" \

@@ -1,7 +1,7 @@
 //! `bench` on the build host (as root): the measurement code over a real veth
 //! pair in namespaces, the whole CLI with `--fake-device` standing in for the
-//! vhost path, cleanup on SIGTERM, and the skip/exit paths. Without root the
-//! tests that need it return early (and say so).
+//! vhost path, cleanup on SIGTERM, and the skip/exit paths. The tests that
+//! need root are `#[ignore = "needs root"]` (`cargo test -- --include-ignored`).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -13,14 +13,6 @@ use vhost_kernel_test::netns::{self, NetnsGuard};
 const T: Duration = Duration::from_secs(10);
 const EXE: &str = env!("CARGO_BIN_EXE_vhost-kernel-test");
 
-fn root() -> bool {
-    let r = nix::unistd::geteuid().is_root();
-    if !r {
-        eprintln!("not root: skipping");
-    }
-    r
-}
-
 fn tag(what: &str) -> String {
     format!("vkb{what}{}-", std::process::id() % 100_000)
 }
@@ -30,10 +22,8 @@ fn gone(prefix: &str) -> bool {
 }
 
 #[tokio::test(flavor = "current_thread")]
+#[ignore = "needs root"]
 async fn veth_path_tcp_udp_icmp() {
-    if !root() {
-        return;
-    }
     let p = tag("m");
     let (a, b) = (format!("{p}vb-a"), format!("{p}vb-b"));
     {
@@ -82,10 +72,8 @@ async fn veth_path_tcp_udp_icmp() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn bench_fake_device_json_and_cleanup() {
-    if !root() {
-        return;
-    }
     let p = tag("j");
     let out = Command::new(EXE)
         .args(["bench", "--fake-device", "--duration", "0.3", "--reps", "2", "--features", "rfc", "--json"])
@@ -111,10 +99,8 @@ fn bench_fake_device_json_and_cleanup() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn bench_table_and_sigterm_cleanup() {
-    if !root() {
-        return;
-    }
     let p = tag("s");
     let mut child = Command::new(EXE)
         .args(["bench", "--fake-device", "--duration", "5", "--reps", "1", "--features", "rfc"])

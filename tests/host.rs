@@ -1,7 +1,8 @@
 //! Integration tests with real kernel objects on the build host (as root):
 //! TAP backends, named namespaces, rtnetlink events, and ICMPv6 traffic over
 //! a veth pair placed with the same code the suite uses for the vhost pair.
-//! Without root they return early (and say so).
+//! The ones that need root are `#[ignore = "needs root"]`: as root, run
+//! them with `cargo test -- --include-ignored` (scripts/test-all.sh does).
 
 use std::collections::HashSet;
 use std::process::Command;
@@ -16,14 +17,6 @@ use vhost_kernel_test::tap::Tap;
 
 const T: Duration = Duration::from_secs(10);
 
-fn root() -> bool {
-    let r = nix::unistd::geteuid().is_root();
-    if !r {
-        eprintln!("not root: skipping");
-    }
-    r
-}
-
 /// Short unique tag for names (interface names are at most 15 bytes).
 fn tag(what: &str) -> String {
     format!("vk{what}{}", std::process::id() % 100_000)
@@ -37,10 +30,8 @@ fn ip_netns_list(needle: &str) -> Option<Vec<String>> {
 }
 
 #[tokio::test(flavor = "current_thread")]
+#[ignore = "needs root"]
 async fn tap_with_vnet_hdr_offloads_and_hdr_size() {
-    if !root() {
-        return;
-    }
     let t = format!("{}%d", tag("t"));
     let tap = Tap::create_vhost_backend(&t).expect("vhost backend tap");
     assert!(tap.name().starts_with(&tag("t")), "{}", tap.name());
@@ -56,10 +47,8 @@ async fn tap_with_vnet_hdr_offloads_and_hdr_size() {
 }
 
 #[tokio::test(flavor = "current_thread")]
+#[ignore = "needs root"]
 async fn netns_is_compatible_with_iproute2_and_cleaned_up() {
-    if !root() {
-        return;
-    }
     let name = tag("ns");
     let before = ip_netns_list(&name);
     let mut g = NetnsGuard::new();
@@ -78,10 +67,8 @@ async fn netns_is_compatible_with_iproute2_and_cleaned_up() {
 }
 
 #[tokio::test(flavor = "current_thread")]
+#[ignore = "needs root"]
 async fn stale_namespaces_are_removed_and_reported() {
-    if !root() {
-        return;
-    }
     let opts = RunOpts { ns_prefix: format!("{}-", tag("st")), ..Default::default() };
     netns::create(&opts.h2g_ns()).unwrap();
     let mut k = Ktap::new(Vec::new());
@@ -92,10 +79,8 @@ async fn stale_namespaces_are_removed_and_reported() {
 }
 
 #[tokio::test(flavor = "current_thread")]
+#[ignore = "needs root"]
 async fn link_events_for_new_and_deleted_links() {
-    if !root() {
-        return;
-    }
     let ns = tag("ev");
     let mut g = NetnsGuard::new();
     g.create(&ns).unwrap();
@@ -113,10 +98,8 @@ async fn link_events_for_new_and_deleted_links() {
 }
 
 #[tokio::test(flavor = "current_thread")]
+#[ignore = "needs root"]
 async fn veth_pair_two_way_icmpv6_in_namespaces() {
-    if !root() {
-        return;
-    }
     let p = format!("{}-", tag("vp"));
     let before = ip_netns_list(&p);
     let (h2g_ns, g2h_ns) = (format!("{p}h2g"), format!("{p}g2h"));
@@ -218,17 +201,9 @@ async fn serve_child_failure_is_reported_not_hung() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn kmsg_marker_sync_sees_our_own_record() {
-    if !root() || !std::path::Path::new(vhost_kernel_test::kmsg::KMSG_PATH).exists() {
-        return;
-    }
-    let m = match vhost_kernel_test::kmsg::KmsgMonitor::start() {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("no kmsg here: {e:#}");
-            return;
-        }
-    };
+    let m = vhost_kernel_test::kmsg::KmsgMonitor::start().expect("root can read and write /dev/kmsg");
     let a = m.sync("itest-a", T).unwrap();
     let b = m.sync("itest-b", T).unwrap();
     assert!(b > a);
@@ -240,10 +215,8 @@ fn kmsg_marker_sync_sees_our_own_record() {
 static FAKE_RUNS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
+#[ignore = "needs root"]
 fn run_fake_device_passes_traffic_and_teardowns_and_cleans_up() {
-    if !root() {
-        return;
-    }
     let _g = FAKE_RUNS.lock().unwrap_or_else(|p| p.into_inner());
     let p = format!("{}-", tag("fk"));
     let out = Command::new(env!("CARGO_BIN_EXE_vhost-kernel-test"))
@@ -265,11 +238,9 @@ fn run_fake_device_passes_traffic_and_teardowns_and_cleans_up() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn run_interrupted_by_sigterm_cleans_up() {
     use std::io::{BufRead, BufReader};
-    if !root() {
-        return;
-    }
     let _g = FAKE_RUNS.lock().unwrap_or_else(|p| p.into_inner());
     let p = format!("{}-", tag("ir"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_vhost-kernel-test"))
@@ -297,10 +268,8 @@ fn run_interrupted_by_sigterm_cleans_up() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn run_repeat_nests_each_pass_as_a_ktap_subtest() {
-    if !root() {
-        return;
-    }
     let _g = FAKE_RUNS.lock().unwrap_or_else(|p| p.into_inner());
     let p = format!("{}-", tag("rp"));
     let out = Command::new(env!("CARGO_BIN_EXE_vhost-kernel-test"))
@@ -325,10 +294,8 @@ fn run_repeat_nests_each_pass_as_a_ktap_subtest() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn run_fake_device_race_scenarios() {
-    if !root() {
-        return;
-    }
     let _g = FAKE_RUNS.lock().unwrap_or_else(|p| p.into_inner());
     let p = format!("{}-", tag("rs"));
     let out = Command::new(env!("CARGO_BIN_EXE_vhost-kernel-test"))
@@ -426,10 +393,8 @@ fn interrupt_run_at(step: &str, sig: nix::sys::signal::Signal) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn sigint_and_sigterm_at_each_step_leave_nothing_behind() {
-    if !root() {
-        return;
-    }
     use nix::sys::signal::Signal::{SIGINT, SIGTERM};
     for step in ["namespaces-created", "traffic", "teardown"] {
         for sig in [SIGINT, SIGTERM] {
@@ -439,10 +404,8 @@ fn sigint_and_sigterm_at_each_step_leave_nothing_behind() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn stale_namespace_of_the_run_is_removed_and_said() {
-    if !root() {
-        return;
-    }
     let _g = FAKE_RUNS.lock().unwrap_or_else(|p| p.into_inner());
     let p = format!("{}-", tag("sn"));
     netns::create(&format!("{p}g2h")).unwrap();
@@ -457,10 +420,8 @@ fn stale_namespace_of_the_run_is_removed_and_said() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn unreadable_kernel_log_stops_the_run_with_a_clear_error() {
-    if !root() {
-        return;
-    }
     let _g = FAKE_RUNS.lock().unwrap_or_else(|p| p.into_inner());
     let p = format!("{}-", tag("km"));
     let ns_before = ip_netns_list(&p);
