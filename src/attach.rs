@@ -159,7 +159,8 @@ pub fn attach_inherited(vktest_fd: RawFd, vhost_fd: RawFd) -> String {
     // SAFETY: the parent keeps vktest_fd open and passed it without
     // FD_CLOEXEC for this process's whole life; it is only borrowed here.
     let vktest = unsafe { BorrowedFd::borrow_raw(vktest_fd) };
-    match ioctl::ioctl_with_val(vktest, ioctl::VKTEST_ATTACH_VHOST, vhost_fd as libc::c_ulong) {
+    // SAFETY: VKTEST_ATTACH_VHOST takes the fd number by value.
+    match unsafe { ioctl::ioctl_with_val(vktest, ioctl::VKTEST_ATTACH_VHOST, vhost_fd as libc::c_ulong) } {
         Ok(()) => "ok".to_string(),
         Err(e) => format!("errno {}", e as i32),
     }

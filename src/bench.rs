@@ -36,7 +36,6 @@ use crate::errno_of;
 use crate::icmp::{build_echo_request, new_identifier, parse_echo, pattern, ICMP6_ECHO_REPLY};
 use crate::net::Rtnl;
 use crate::netns::{self, NetnsGuard};
-use crate::serve::vktest_set_features;
 use crate::suite::{setup_pair, skip_reason, verify_two_way, Pair, ServeChild, G2H_ADDR, H2G_ADDR};
 use crate::vhost::{feature_names, virtio_negotiated_features, FeatureSet, VhostNetKernel, VHOST_NET_KERNEL_PATH};
 use crate::vktest::{Vktest, VKTEST_PATH};
@@ -1005,7 +1004,7 @@ pub fn probe_set(set: &FeatureSet) -> Option<String> {
         return None;
     }
     let vk = Vktest::open().ok()?;
-    match vktest_set_features(&vk, set.bits) {
+    match vk.set_features(set.bits) {
         Ok(()) => None,
         Err(e) => match errno_of(&e) {
             Some(Errno::ENOTTY) => {

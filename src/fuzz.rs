@@ -614,18 +614,27 @@ impl Pool {
         let kc = |call: bool| if call { ioctl::VHOST_SET_VRING_CALL } else { ioctl::VHOST_SET_VRING_KICK };
         Ok(match op {
             Op::Open(_) | Op::Close(_) => Ok(()),
-            Op::SetOwner(_) => ioctl::ioctl_none(target, ioctl::VHOST_SET_OWNER),
+            // SAFETY: VHOST_SET_OWNER takes no argument.
+            Op::SetOwner(_) => unsafe { ioctl::ioctl_none(target, ioctl::VHOST_SET_OWNER) },
             Op::GetFeatures(_) => {
                 let mut f = 0u64;
-                ioctl::ioctl_with_mut(target, ioctl::VHOST_GET_FEATURES, &mut f)
+                // SAFETY: VHOST_GET_FEATURES writes one u64.
+                unsafe { ioctl::ioctl_with_mut(target, ioctl::VHOST_GET_FEATURES, &mut f) }
             }
-            Op::SetFeatures(_, bits) => ioctl::ioctl_with_ref(target, ioctl::VHOST_SET_FEATURES, bits),
-            Op::VktestSetFeatures(_, bits) => ioctl::ioctl_with_ref(target, ioctl::VKTEST_SET_FEATURES, bits),
+            // SAFETY: VHOST_SET_FEATURES reads one u64.
+            Op::SetFeatures(_, bits) => unsafe { ioctl::ioctl_with_ref(target, ioctl::VHOST_SET_FEATURES, bits) },
+            Op::VktestSetFeatures(_, bits) => {
+                // SAFETY: VKTEST_SET_FEATURES reads one u64.
+                unsafe { ioctl::ioctl_with_ref(target, ioctl::VKTEST_SET_FEATURES, bits) }
+            }
             Op::VhostVringFd { call, index, fd, .. } | Op::VktestVringFd { call, index, fd, .. } => {
-                ioctl::ioctl_with_ref(target, kc(*call), &vf(*index, *fd))
+                // SAFETY: SET_VRING_KICK/CALL read one struct vhost_vring_file,
+                // on both nodes.
+                unsafe { ioctl::ioctl_with_ref(target, kc(*call), &vf(*index, *fd)) }
             }
             Op::SetBackend { index, fd, .. } => {
-                ioctl::ioctl_with_ref(target, ioctl::VHOST_NET_SET_BACKEND, &vf(*index, *fd))
+                // SAFETY: VHOST_NET_SET_BACKEND reads one struct vhost_vring_file.
+                unsafe { ioctl::ioctl_with_ref(target, ioctl::VHOST_NET_SET_BACKEND, &vf(*index, *fd)) }
             }
             Op::Refused { req, value, .. } => {
                 let v = *value;
@@ -638,30 +647,48 @@ impl Pool {
                             avail_user_addr: v.rotate_left(32),
                             ..Default::default()
                         };
-                        ioctl::ioctl_with_ref(target, *req, &a)
+                        // SAFETY: VHOST_SET_VRING_ADDR reads one struct
+                        // vhost_vring_addr; the random addresses in it are
+                        // only ever reached through copy_*_user.
+                        unsafe { ioctl::ioctl_with_ref(target, *req, &a) }
                     }
-                    ioctl::VHOST_SET_MEM_TABLE => ioctl::ioctl_with_ref(target, *req, &VhostMemory::default()),
-                    ioctl::VHOST_SET_LOG_BASE => ioctl::ioctl_with_ref(target, *req, &v),
-                    ioctl::VHOST_SET_LOG_FD => ioctl::ioctl_with_ref(target, *req, &(v as libc::c_int)),
+                    ioctl::VHOST_SET_MEM_TABLE => {
+                        // SAFETY: an empty table: only its 8-byte header is read.
+                        unsafe { ioctl::ioctl_with_ref(target, *req, &VhostMemory::default()) }
+                    }
+                    // SAFETY: VHOST_SET_LOG_BASE reads one u64.
+                    ioctl::VHOST_SET_LOG_BASE => unsafe { ioctl::ioctl_with_ref(target, *req, &v) },
+                    // SAFETY: VHOST_SET_LOG_FD reads one int.
+                    ioctl::VHOST_SET_LOG_FD => unsafe { ioctl::ioctl_with_ref(target, *req, &(v as libc::c_int)) },
                     _ => {
                         let s = VhostVringState { index: v as u32 & 1, num: (v >> 32) as u32 };
-                        ioctl::ioctl_with_ref(target, *req, &s)
+                        // SAFETY: the other refused requests (SET_VRING_NUM,
+                        // _BASE, _ENDIAN) read one struct vhost_vring_state.
+                        unsafe { ioctl::ioctl_with_ref(target, *req, &s) }
                     }
                 }
             }
             Op::Attach { fd, .. } => {
-                ioctl::ioctl_with_val(target, ioctl::VKTEST_ATTACH_VHOST, fd.raw() as libc::c_ulong)
+                // SAFETY: VKTEST_ATTACH_VHOST takes the fd number by value.
+                unsafe { ioctl::ioctl_with_val(target, ioctl::VKTEST_ATTACH_VHOST, fd.raw() as libc::c_ulong) }
             }
             // A NULL user pointer: the kernel's copy_from/to_user must fault.
-            Op::NullArg { req, .. } => ioctl::ioctl_with_val(target, *req, 0),
+            // SAFETY: address 0 is never memory of ours the kernel could write.
+            Op::NullArg { req, .. } => unsafe { ioctl::ioctl_with_val(target, *req, 0) },
             Op::WrongTarget { req, .. } => {
                 if *req == ioctl::VKTEST_ATTACH_VHOST {
-                    ioctl::ioctl_with_val(target, *req, 700)
+                    // SAFETY: by value wherever it is known; elsewhere unknown.
+                    unsafe { ioctl::ioctl_with_val(target, *req, 700) }
                 } else if *req == ioctl::VHOST_SET_OWNER {
-                    ioctl::ioctl_none(target, *req)
+                    // SAFETY: no argument wherever it is known.
+                    unsafe { ioctl::ioctl_none(target, *req) }
                 } else {
                     let mut f = 0u64;
-                    ioctl::ioctl_with_mut(target, *req, &mut f)
+                    // SAFETY: the requests draw() picks for WrongTarget
+                    // (VKTEST_SET_FEATURES, VHOST_GET_FEATURES) access one
+                    // u64 on the nodes that know them; the other nodes
+                    // (eventfd, TAP, /dev/null) do not know them at all.
+                    unsafe { ioctl::ioctl_with_mut(target, *req, &mut f) }
                 }
             }
         })

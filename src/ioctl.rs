@@ -143,33 +143,66 @@ pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
 /// Size of `struct virtio_net_hdr_mrg_rxbuf`.
 pub const VIRTIO_NET_HDR_MRG_RXBUF_LEN: i32 = 12;
 
+// The raw calls below are `unsafe fn`: whether an ioctl is memory-safe
+// depends on what the kernel's handler for `req` reads and writes at the
+// argument, which only the caller can vouch for (a request number paired
+// with the wrong `T` would let the kernel write past it). Each call site
+// states its SAFETY argument; the typed methods of VhostNetKernel, Vktest
+// and Tap are the safe interface.
+
 /// ioctl with no argument.
-pub fn ioctl_none(fd: BorrowedFd<'_>, req: u32) -> Result<(), Errno> {
-    // SAFETY: the request takes no argument; the fd is valid for the borrow.
+///
+/// # Safety
+/// The handler of `req` on `fd` must not dereference its argument.
+pub unsafe fn ioctl_none(fd: BorrowedFd<'_>, req: u32) -> Result<(), Errno> {
+    // SAFETY: the caller guarantees the request uses no argument memory; the
+    // fd is valid for the borrow.
     let ret = unsafe { libc::ioctl(fd.as_raw_fd(), req as libc::Ioctl, 0 as libc::c_ulong) };
     Errno::result(ret).map(drop)
 }
 
 /// ioctl whose argument is passed by value (an int or flags word).
-pub fn ioctl_with_val(fd: BorrowedFd<'_>, req: u32, val: libc::c_ulong) -> Result<(), Errno> {
-    // SAFETY: the request takes its argument by value, so no memory is shared.
+///
+/// # Safety
+/// The handler of `req` on `fd` must take its argument as a value, not as a
+/// pointer into our memory (or `val` must be an address it may not write to,
+/// such as 0).
+pub unsafe fn ioctl_with_val(fd: BorrowedFd<'_>, req: u32, val: libc::c_ulong) -> Result<(), Errno> {
+    // SAFETY: the caller guarantees `val` is not used as a pointer to our
+    // memory; the fd is valid for the borrow.
     let ret = unsafe { libc::ioctl(fd.as_raw_fd(), req as libc::Ioctl, val) };
     Errno::result(ret).map(drop)
 }
 
 /// ioctl that reads (`_IOW`) a `T` from our memory.
-pub fn ioctl_with_ref<T>(fd: BorrowedFd<'_>, req: u32, arg: &T) -> Result<(), Errno> {
-    // SAFETY: `arg` is a valid, initialised `T` for the call; callers pair each
-    // request with the uapi struct its size field was computed from.
+///
+/// # Safety
+/// The handler of `req` on `fd` must at most read `size_of::<T>()` bytes at
+/// the argument and never write there.
+pub unsafe fn ioctl_with_ref<T>(fd: BorrowedFd<'_>, req: u32, arg: &T) -> Result<(), Errno> {
+    // SAFETY: `arg` is a valid, initialised `T` for the call, and the caller
+    // guarantees the kernel reads no more than it and writes nothing.
     let ret = unsafe { libc::ioctl(fd.as_raw_fd(), req as libc::Ioctl, arg as *const T) };
     Errno::result(ret).map(drop)
 }
 
 /// ioctl that reads and/or writes a `T` in our memory (`_IOR`, or TUNSETIFF
 /// which writes the chosen name back).
-pub fn ioctl_with_mut<T>(fd: BorrowedFd<'_>, req: u32, arg: &mut T) -> Result<(), Errno> {
-    // SAFETY: `arg` is a valid, exclusively borrowed `T`, large enough for what
-    // the kernel writes for this request.
+///
+/// Safe code cannot pair a request with the wrong `T`:
+/// ```compile_fail,E0133
+/// use std::os::fd::AsFd;
+/// let f = std::fs::File::open("/dev/null").unwrap();
+/// let mut byte = 0u8; // VHOST_GET_FEATURES writes 8 bytes
+/// let _ = vhost_kernel_test::ioctl::ioctl_with_mut(f.as_fd(), vhost_kernel_test::ioctl::VHOST_GET_FEATURES, &mut byte);
+/// ```
+///
+/// # Safety
+/// The handler of `req` on `fd` must at most access `size_of::<T>()` bytes
+/// at the argument, and what it writes there must be a valid `T`.
+pub unsafe fn ioctl_with_mut<T>(fd: BorrowedFd<'_>, req: u32, arg: &mut T) -> Result<(), Errno> {
+    // SAFETY: `arg` is a valid, exclusively borrowed `T`, and the caller
+    // guarantees the kernel stays within it and leaves a valid `T`.
     let ret = unsafe { libc::ioctl(fd.as_raw_fd(), req as libc::Ioctl, arg as *mut T) };
     Errno::result(ret).map(drop)
 }

@@ -15,7 +15,7 @@ use crate::ioctl::VHOST_NET_F_VIRTIO_NET_HDR;
 use crate::net::{if_index, virtio_device_of, Link, LinkWatcher};
 use crate::tap::{derived_offloads, Tap, TAP_OFFLOADS, TAP_TEMPLATE};
 use crate::vhost::{FeatureSet, RX_QUEUE, TX_QUEUE, VHOST_NET_BITS, VHOST_NET_KERNEL_PATH};
-use crate::vktest::{Vktest, VKTEST_PATH};
+use crate::vktest::VKTEST_PATH;
 
 /// Which TUNSETOFFLOAD flags the TAP backend gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,12 +114,6 @@ impl ServeOpts {
     }
 }
 
-/// VKTEST_SET_FEATURES: what vktest offers virtio-net (before attaching).
-pub fn vktest_set_features(vk: &Vktest, features: u64) -> Result<()> {
-    crate::ioctl::ioctl_with_ref(vk.as_fd(), crate::ioctl::VKTEST_SET_FEATURES, &features)
-        .with_context(|| format!("{VKTEST_PATH}: VKTEST_SET_FEATURES {features:#x}"))
-}
-
 /// The serve flow up to (not including) VKTEST_ATTACH_VHOST. With the RFC's
 /// features and TAP offloads this is exactly [`Rig::prepare`]; otherwise the
 /// same sequence, with the vhost-net part of `opts.features`
@@ -144,7 +138,7 @@ pub fn prepare_rig(opts: &ServeOpts) -> Result<Rig> {
     }
     vhost.set_features(features).with_context(|| format!("feature set {}", opts.features))?;
     if !opts.features.is_rfc() {
-        vktest_set_features(&vktest, opts.features.bits).with_context(|| format!("feature set {}", opts.features))?;
+        vktest.set_features(opts.features.bits).with_context(|| format!("feature set {}", opts.features))?;
     }
     let tap = if opts.vhost_hdr {
         Tap::create(TAP_TEMPLATE, false)?

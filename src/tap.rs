@@ -53,7 +53,10 @@ impl Tap {
         if vnet_hdr {
             req.flags |= ioctl::IFF_VNET_HDR;
         }
-        ioctl::ioctl_with_mut(file.as_fd(), ioctl::TUNSETIFF, &mut req)
+        // SAFETY: TUNSETIFF reads and writes back one struct ifreq (its
+        // _IOW size says int, the handler copies the whole ifreq), which
+        // IfReq is in size and layout.
+        unsafe { ioctl::ioctl_with_mut(file.as_fd(), ioctl::TUNSETIFF, &mut req) }
             .with_context(|| format!("{TUN_PATH}: TUNSETIFF {template}"))?;
         let len = req.name.iter().position(|&b| b == 0).unwrap_or(req.name.len());
         let name = String::from_utf8_lossy(&req.name[..len]).into_owned();
@@ -80,13 +83,15 @@ impl Tap {
     }
 
     pub fn set_offload(&self, flags: u32) -> Result<()> {
-        ioctl::ioctl_with_val(self.file.as_fd(), ioctl::TUNSETOFFLOAD, libc::c_ulong::from(flags))
+        // SAFETY: TUNSETOFFLOAD takes the flags by value.
+        unsafe { ioctl::ioctl_with_val(self.file.as_fd(), ioctl::TUNSETOFFLOAD, libc::c_ulong::from(flags)) }
             .with_context(|| format!("tap {}: TUNSETOFFLOAD {flags:#x}", self.name))
     }
 
     pub fn set_vnet_hdr_size(&self, size: i32) -> Result<()> {
         let size: libc::c_int = size;
-        ioctl::ioctl_with_ref(self.file.as_fd(), ioctl::TUNSETVNETHDRSZ, &size)
+        // SAFETY: TUNSETVNETHDRSZ reads one int.
+        unsafe { ioctl::ioctl_with_ref(self.file.as_fd(), ioctl::TUNSETVNETHDRSZ, &size) }
             .with_context(|| format!("tap {}: TUNSETVNETHDRSZ {size}", self.name))
     }
 

@@ -83,24 +83,36 @@ impl VhostNetKernel {
     }
 
     pub fn set_owner(&self) -> Result<()> {
-        ioctl::ioctl_none(self.file.as_fd(), ioctl::VHOST_SET_OWNER).with_context(|| self.ctx(ioctl::VHOST_SET_OWNER))
+        // SAFETY: VHOST_SET_OWNER takes no argument.
+        unsafe { ioctl::ioctl_none(self.file.as_fd(), ioctl::VHOST_SET_OWNER) }
+            .with_context(|| self.ctx(ioctl::VHOST_SET_OWNER))
     }
 
     pub fn get_features(&self) -> Result<u64> {
         let mut f = 0u64;
-        ioctl::ioctl_with_mut(self.file.as_fd(), ioctl::VHOST_GET_FEATURES, &mut f)
+        // SAFETY: VHOST_GET_FEATURES writes one u64 at the argument.
+        unsafe { ioctl::ioctl_with_mut(self.file.as_fd(), ioctl::VHOST_GET_FEATURES, &mut f) }
             .with_context(|| self.ctx(ioctl::VHOST_GET_FEATURES))?;
         Ok(f)
     }
 
     pub fn set_features(&self, features: u64) -> Result<()> {
-        ioctl::ioctl_with_ref(self.file.as_fd(), ioctl::VHOST_SET_FEATURES, &features)
+        // SAFETY: VHOST_SET_FEATURES reads one u64.
+        unsafe { ioctl::ioctl_with_ref(self.file.as_fd(), ioctl::VHOST_SET_FEATURES, &features) }
             .with_context(|| format!("{} {features:#x}", self.ctx(ioctl::VHOST_SET_FEATURES)))
     }
 
+    /// `req` is one of the requests that read a `struct vhost_vring_file`
+    /// (SET_VRING_KICK, SET_VRING_CALL, NET_SET_BACKEND): private, so the
+    /// pairing is checked here.
     fn vring_file(&self, req: u32, index: u32, fd: RawFd) -> Result<()> {
+        debug_assert!(
+            [ioctl::VHOST_SET_VRING_KICK, ioctl::VHOST_SET_VRING_CALL, ioctl::VHOST_NET_SET_BACKEND].contains(&req)
+        );
         let arg = VhostVringFile { index, fd };
-        ioctl::ioctl_with_ref(self.file.as_fd(), req, &arg).with_context(|| format!("{} index {index}", self.ctx(req)))
+        // SAFETY: the three requests above read one struct vhost_vring_file.
+        unsafe { ioctl::ioctl_with_ref(self.file.as_fd(), req, &arg) }
+            .with_context(|| format!("{} index {index}", self.ctx(req)))
     }
 
     pub fn set_vring_kick(&self, index: u32, fd: BorrowedFd<'_>) -> Result<()> {
@@ -115,9 +127,16 @@ impl VhostNetKernel {
         self.vring_file(ioctl::VHOST_NET_SET_BACKEND, index, fd.as_raw_fd())
     }
 
+    /// `req` is one of the requests that read a `struct vhost_vring_state`
+    /// (SET_VRING_NUM, SET_VRING_BASE, SET_VRING_ENDIAN).
     fn vring_state(&self, req: u32, index: u32, num: u32) -> Result<()> {
+        debug_assert!(
+            [ioctl::VHOST_SET_VRING_NUM, ioctl::VHOST_SET_VRING_BASE, ioctl::VHOST_SET_VRING_ENDIAN].contains(&req)
+        );
         let arg = VhostVringState { index, num };
-        ioctl::ioctl_with_ref(self.file.as_fd(), req, &arg).with_context(|| format!("{} index {index}", self.ctx(req)))
+        // SAFETY: the three requests above read one struct vhost_vring_state.
+        unsafe { ioctl::ioctl_with_ref(self.file.as_fd(), req, &arg) }
+            .with_context(|| format!("{} index {index}", self.ctx(req)))
     }
 
     /// Refused on the -kernel node (EPERM): only the kernel shapes the rings.
@@ -134,25 +153,32 @@ impl VhostNetKernel {
     }
 
     pub fn set_vring_addr(&self, addr: &VhostVringAddr) -> Result<()> {
-        ioctl::ioctl_with_ref(self.file.as_fd(), ioctl::VHOST_SET_VRING_ADDR, addr)
+        // SAFETY: VHOST_SET_VRING_ADDR reads one struct vhost_vring_addr; the
+        // addresses in it are not ours to lose (the kernel node refuses it).
+        unsafe { ioctl::ioctl_with_ref(self.file.as_fd(), ioctl::VHOST_SET_VRING_ADDR, addr) }
             .with_context(|| self.ctx(ioctl::VHOST_SET_VRING_ADDR))
     }
 
     /// SET_MEM_TABLE with an empty table (only the header is passed).
     pub fn set_mem_table_empty(&self) -> Result<()> {
         let mem = VhostMemory::default();
-        ioctl::ioctl_with_ref(self.file.as_fd(), ioctl::VHOST_SET_MEM_TABLE, &mem)
+        // SAFETY: with nregions = 0, VHOST_SET_MEM_TABLE reads only the
+        // 8-byte header that `mem` is.
+        unsafe { ioctl::ioctl_with_ref(self.file.as_fd(), ioctl::VHOST_SET_MEM_TABLE, &mem) }
             .with_context(|| self.ctx(ioctl::VHOST_SET_MEM_TABLE))
     }
 
     pub fn set_log_base(&self, base: u64) -> Result<()> {
-        ioctl::ioctl_with_ref(self.file.as_fd(), ioctl::VHOST_SET_LOG_BASE, &base)
+        // SAFETY: VHOST_SET_LOG_BASE reads one u64 (the log address is used
+        // later, through copy_to_user, never as our memory here).
+        unsafe { ioctl::ioctl_with_ref(self.file.as_fd(), ioctl::VHOST_SET_LOG_BASE, &base) }
             .with_context(|| self.ctx(ioctl::VHOST_SET_LOG_BASE))
     }
 
     pub fn set_log_fd(&self, fd: RawFd) -> Result<()> {
         let fd: libc::c_int = fd;
-        ioctl::ioctl_with_ref(self.file.as_fd(), ioctl::VHOST_SET_LOG_FD, &fd)
+        // SAFETY: VHOST_SET_LOG_FD reads one int.
+        unsafe { ioctl::ioctl_with_ref(self.file.as_fd(), ioctl::VHOST_SET_LOG_FD, &fd) }
             .with_context(|| self.ctx(ioctl::VHOST_SET_LOG_FD))
     }
 

@@ -23,9 +23,12 @@ impl Vktest {
         Ok(Vktest { file: open_ro(VKTEST_PATH)? })
     }
 
+    /// `req` is VHOST_SET_VRING_KICK or VHOST_SET_VRING_CALL.
     fn vring_file(&self, req: u32, index: u32, fd: RawFd) -> Result<()> {
+        debug_assert!([ioctl::VHOST_SET_VRING_KICK, ioctl::VHOST_SET_VRING_CALL].contains(&req));
         let arg = VhostVringFile { index, fd };
-        ioctl::ioctl_with_ref(self.file.as_fd(), req, &arg)
+        // SAFETY: vktest's SET_VRING_KICK/CALL read one struct vhost_vring_file.
+        unsafe { ioctl::ioctl_with_ref(self.file.as_fd(), req, &arg) }
             .with_context(|| format!("{VKTEST_PATH}: {} index {index}", ioctl::name(req)))
     }
 
@@ -44,8 +47,17 @@ impl Vktest {
 
     /// VKTEST_ATTACH_VHOST with an arbitrary fd number (negative tests).
     pub fn attach_raw(&self, fd: RawFd) -> Result<()> {
-        ioctl::ioctl_with_val(self.file.as_fd(), ioctl::VKTEST_ATTACH_VHOST, fd as libc::c_ulong)
+        // SAFETY: VKTEST_ATTACH_VHOST takes the fd number by value.
+        unsafe { ioctl::ioctl_with_val(self.file.as_fd(), ioctl::VKTEST_ATTACH_VHOST, fd as libc::c_ulong) }
             .with_context(|| format!("{VKTEST_PATH}: VKTEST_ATTACH_VHOST fd {fd}"))
+    }
+
+    /// VKTEST_SET_FEATURES: the virtio feature bits vktest offers
+    /// virtio-net (before attaching).
+    pub fn set_features(&self, features: u64) -> Result<()> {
+        // SAFETY: VKTEST_SET_FEATURES reads one u64.
+        unsafe { ioctl::ioctl_with_ref(self.file.as_fd(), ioctl::VKTEST_SET_FEATURES, &features) }
+            .with_context(|| format!("{VKTEST_PATH}: VKTEST_SET_FEATURES {features:#x}"))
     }
 }
 
