@@ -202,6 +202,28 @@ impl PingStats {
     }
 }
 
+/// What [`Pinger::timed`] does.
+#[derive(Debug, Clone)]
+pub struct TimedOpts {
+    /// ICMPv6 data bytes per request.
+    pub size: usize,
+    /// Send requests for this long.
+    pub duration: Duration,
+    /// A request unanswered this long is lost (and the next one goes out).
+    pub reply_wait: Duration,
+    /// No reply at all for this long is an error.
+    pub stall: Duration,
+}
+
+/// The round trips of [`Pinger::timed`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RoundTrips {
+    /// One per answered request, in order.
+    pub rtts: Vec<Duration>,
+    /// Requests unanswered within `reply_wait`.
+    pub lost: u64,
+}
+
 /// A raw ICMPv6 socket talking to one link-local peer through one interface.
 pub struct Pinger {
     fd: OwnedFd,
@@ -209,6 +231,10 @@ pub struct Pinger {
     peer: Ipv6Addr,
     id: u16,
     buf: Vec<u8>,
+    /// Taken next to the syscalls, so that building and checking payloads
+    /// stay out of the round-trip times of [`Pinger::timed`].
+    sent_at: Instant,
+    received_at: Instant,
 }
 
 impl Pinger {
@@ -245,11 +271,14 @@ impl Pinger {
             peer: dst,
             id: new_identifier(),
             buf: vec![0; 65536],
+            sent_at: Instant::now(),
+            received_at: Instant::now(),
         })
     }
 
     fn send(&mut self, seq: u16, size: usize) -> Result<(), Errno> {
         let pkt = build_echo_request(self.id, seq, &pattern(seq, size));
+        self.sent_at = Instant::now();
         sendto(self.fd.as_raw_fd(), &pkt, &self.dst, MsgFlags::empty()).map(drop)
     }
 
@@ -267,6 +296,7 @@ impl Pinger {
             Err(Errno::EAGAIN) | Err(Errno::EINTR) => return Ok(None),
             Err(e) => return Err(e).context("recvfrom raw ICMPv6 socket"),
         };
+        self.received_at = Instant::now();
         if from.map(|a| a.ip()) != Some(self.peer) {
             return Ok(None);
         }
@@ -357,6 +387,51 @@ impl Pinger {
         }
         st.in_flight = inflight.len() as u64;
         Ok(st)
+    }
+
+    /// Measurement mode: adaptive (one request in flight, the next once its
+    /// reply arrived, or after `reply_wait`, counted lost) for `duration`,
+    /// keeping every round trip, timed from just before sendto to just after
+    /// recvfrom. Unlike the other modes a corrupted reply, a send error, no
+    /// reply at all for `stall`, or `stopped()` ("stopped") end it as errors:
+    /// a figure measured over them would be wrong.
+    pub fn timed(&mut self, opts: &TimedOpts, stopped: &dyn Fn() -> bool) -> Result<RoundTrips> {
+        let mut out = RoundTrips::default();
+        let start = Instant::now();
+        let mut progress = start;
+        let mut seq = 0u16;
+        'requests: while start.elapsed() < opts.duration {
+            if stopped() {
+                anyhow::bail!("stopped");
+            }
+            seq = seq.wrapping_add(1);
+            self.send(seq, opts.size).with_context(|| format!("sendto {}", self.peer))?;
+            loop {
+                let waited = self.sent_at.elapsed();
+                if waited > opts.reply_wait {
+                    out.lost += 1;
+                    if progress.elapsed() > opts.stall {
+                        anyhow::bail!("ICMPv6 echo stalled: no reply for {:.0}s", opts.stall.as_secs_f64());
+                    }
+                    continue 'requests;
+                }
+                // In slices, so that a stop request is seen quickly.
+                let wait = (opts.reply_wait - waited).min(Duration::from_millis(100)).max(Duration::from_millis(1));
+                match self.recv(wait, opts.size)? {
+                    Some((s, ok)) if s == seq => {
+                        if !ok {
+                            anyhow::bail!("ICMPv6 echo reply {seq} carries corrupted data ({} bytes sent)", opts.size);
+                        }
+                        out.rtts.push(self.received_at - self.sent_at);
+                        progress = self.received_at;
+                        continue 'requests;
+                    }
+                    _ if stopped() => anyhow::bail!("stopped"),
+                    _ => {}
+                }
+            }
+        }
+        Ok(out)
     }
 
     pub fn run(&mut self, opts: &PingOpts, ctl: &Control) -> Result<PingStats> {

@@ -6,6 +6,7 @@ use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
+use std::thread::{Scope, ScopedJoinHandle};
 
 use anyhow::{anyhow, Context, Result};
 use nix::errno::Errno;
@@ -109,9 +110,37 @@ pub fn open(name: &str) -> Result<File> {
         .with_context(|| format!("open network namespace {}", p.display()))
 }
 
+/// Start `f` on a new thread of `scope`, named `thread`, that has joined
+/// network namespace `name` before calling it. Sockets created there stay
+/// bound to that namespace wherever they are used afterwards. The thread is
+/// scoped so that `f` may borrow from the caller; the caller joins it (or the
+/// scope does when it ends).
+pub fn spawn_in<'scope, 'env, R, F>(
+    scope: &'scope Scope<'scope, 'env>,
+    name: &str,
+    thread: &str,
+    f: F,
+) -> Result<ScopedJoinHandle<'scope, Result<R>>>
+where
+    F: FnOnce() -> Result<R> + Send + 'scope,
+    R: Send + 'scope,
+{
+    let file = open(name)?;
+    let label = name.to_string();
+    std::thread::Builder::new()
+        .name(thread.into())
+        .spawn_scoped(scope, move || {
+            setns(file.as_fd(), CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("setns into network namespace {label}"))?;
+            // Joined: the namespace no longer needs this reference.
+            drop(file);
+            f()
+        })
+        .with_context(|| format!("spawn thread {thread} for network namespace {name}"))
+}
+
 /// Run `f` on a dedicated thread that has joined namespace `name` (or stays
-/// in the caller's namespace for `None`). Sockets created there stay bound to
-/// that namespace wherever they are used afterwards.
+/// in the caller's namespace for `None`) and wait for it.
 pub fn run_in<R, F>(name: Option<&str>, f: F) -> Result<R>
 where
     F: FnOnce() -> Result<R> + Send,
@@ -121,16 +150,8 @@ where
         // Already where the caller is: no thread needed.
         return f();
     };
-    let file = open(name)?;
-    let label = name.to_string();
     std::thread::scope(|s| {
-        s.spawn(move || -> Result<R> {
-            setns(file.as_fd(), CloneFlags::CLONE_NEWNET)
-                .with_context(|| format!("setns into network namespace {label}"))?;
-            f()
-        })
-        .join()
-        .map_err(|_| anyhow!("thread in network namespace panicked"))?
+        spawn_in(s, name, "netns-run", f)?.join().map_err(|_| anyhow!("thread in network namespace {name} panicked"))?
     })
 }
 
@@ -169,5 +190,43 @@ impl NetnsGuard {
 impl Drop for NetnsGuard {
     fn drop(&mut self) {
         let _ = self.delete_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    /// The namespace a thread is in, as the inode of its ns/net.
+    fn current_netns() -> u64 {
+        fs::metadata("/proc/thread-self/ns/net").unwrap().ino()
+    }
+
+    #[test]
+    #[ignore = "needs root"]
+    fn threads_join_the_named_namespace() {
+        let name = format!("vkt-netns-{}", std::process::id());
+        let mut g = NetnsGuard::new();
+        g.create(&name).unwrap();
+        let inode = fs::metadata(path(&name)).unwrap().ino();
+        let here = current_netns();
+        assert_ne!(inode, here);
+        let seen = std::thread::scope(|s| spawn_in(s, &name, "probe", || Ok(current_netns())).unwrap().join().unwrap());
+        assert_eq!(seen.unwrap(), inode);
+        assert_eq!(run_in(Some(&name), || Ok(current_netns())).unwrap(), inode);
+        assert_eq!(run_in(None, || Ok(current_netns())).unwrap(), here, "None stays here");
+        assert_eq!(current_netns(), here, "the caller's thread never moves");
+        g.delete_all().unwrap();
+        let err = format!("{:#}", run_in(Some(&name), || Ok(())).unwrap_err());
+        assert!(err.contains("open network namespace") && err.contains(&name), "{err}");
+        // A file that is no namespace: setns refuses it, and says which.
+        prepare_run_dir().unwrap();
+        let bogus = format!("vkt-notns-{}", std::process::id());
+        File::create(path(&bogus)).unwrap();
+        let err = format!("{:#}", run_in(Some(&bogus), || Ok(())).unwrap_err());
+        fs::remove_file(path(&bogus)).unwrap();
+        assert!(err.contains(&format!("setns into network namespace {bogus}")), "{err}");
     }
 }

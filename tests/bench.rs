@@ -4,10 +4,22 @@
 //! need root are `#[ignore = "needs root"]` (`cargo test -- --include-ignored`).
 
 use std::io::{BufRead, BufReader};
+use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::time::Duration;
 
-use vhost_kernel_test::bench::{icmp_rtt, measure_path, setup_veth, tcp_stream, udp_rr, Stop, StopOnDrop, FIGURES};
+use nix::errno::Errno;
+use nix::sys::socket::{
+    recvfrom, sendto, setsockopt, socket, sockopt, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType,
+    SockaddrIn6,
+};
+use nix::sys::time::TimeVal;
+use serde_json::Value;
+use vhost_kernel_test::bench::figures::{icmp_rtt, measure_path, tcp_stream, udp_rr, Stop, StopOnDrop, FIGURES};
+use vhost_kernel_test::bench::setup_veth;
+use vhost_kernel_test::icmp::{build_echo_request, parse_echo, ICMP6_ECHO_REPLY, ICMP6_ECHO_REQUEST};
 use vhost_kernel_test::netns::{self, NetnsGuard};
 
 const T: Duration = Duration::from_secs(10);
@@ -71,6 +83,77 @@ async fn veth_path_tcp_udp_icmp() {
     assert!(gone(&p));
 }
 
+/// Answers ICMPv6 echo requests in the calling thread's namespace in place of
+/// the kernel (whose own answers it turns off there), with the first data
+/// byte flipped when `corrupt`, until `stop`; the number answered.
+fn echo_responder(corrupt: bool, ready: mpsc::Sender<()>, stop: &AtomicBool) -> anyhow::Result<u64> {
+    std::fs::write("/proc/sys/net/ipv6/icmp/echo_ignore_all", "1")?;
+    let fd = socket(AddressFamily::Inet6, SockType::Raw, SockFlag::SOCK_CLOEXEC, SockProtocol::IcmpV6)?;
+    // The receive timeout only lets the loop see `stop`.
+    setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(0, 100_000))?;
+    ready.send(())?;
+    let mut buf = vec![0u8; 65536];
+    let mut answered = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let (n, from) = match recvfrom::<SockaddrIn6>(fd.as_raw_fd(), &mut buf) {
+            Ok((n, Some(from))) => (n, from),
+            Ok((_, None)) | Err(Errno::EAGAIN) | Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let Some(e) = parse_echo(&buf[..n]).filter(|e| e.kind == ICMP6_ECHO_REQUEST) else { continue };
+        let mut data = e.payload.to_vec();
+        if corrupt {
+            data[0] ^= 0xff;
+        }
+        // The kernel fills in the checksum: the reply is valid, only its data is wrong.
+        let mut reply = build_echo_request(e.id, e.seq, &data);
+        reply[0] = ICMP6_ECHO_REPLY;
+        sendto(fd.as_raw_fd(), &reply, &from, MsgFlags::empty())?;
+        answered += 1;
+    }
+    Ok(answered)
+}
+
+/// The round-trip figure fails on a reply whose data differs from the
+/// request's (a figure measured over a broken path would be wrong), and not
+/// on the same replies with the data intact.
+#[tokio::test(flavor = "current_thread")]
+#[ignore = "needs root"]
+async fn icmp_rtt_fails_on_corrupted_replies() {
+    let p = tag("c");
+    let (a, b) = (format!("{p}vb-a"), format!("{p}vb-b"));
+    {
+        let mut g = NetnsGuard::new();
+        g.create(&a).unwrap();
+        g.create(&b).unwrap();
+        let path = setup_veth(&a, &b, T).await.unwrap();
+        let d = Duration::from_millis(300);
+        let rtt_with = |corrupt: bool| {
+            let stop = AtomicBool::new(false);
+            let (tx, rx) = mpsc::channel();
+            std::thread::scope(|s| {
+                let responder = netns::spawn_in(s, &b, "responder", || echo_responder(corrupt, tx, &stop)).unwrap();
+                rx.recv_timeout(T).expect("responder ready");
+                let r = icmp_rtt(&path.h2g, &path.g2h, 64, d, T, &Stop::new());
+                stop.store(true, Ordering::Relaxed);
+                (r, responder.join().unwrap().unwrap())
+            })
+        };
+        let (good, answered) = rtt_with(false);
+        let good = good.unwrap();
+        assert!(good.samples > 10 && good.samples as u64 <= answered, "{good:?}, {answered} answered");
+        let (bad, answered) = rtt_with(true);
+        let err = format!("{:#}", bad.unwrap_err());
+        assert!(err.contains("corrupted data") && err.contains("ICMPv6 echo 64 bytes"), "{err}");
+        assert_eq!(answered, 1, "the first corrupted reply ends the figure");
+        // With nobody answering (the kernel does not here), no figure either.
+        let err = format!("{:#}", icmp_rtt(&path.h2g, &path.g2h, 64, d, T, &Stop::new()).unwrap_err());
+        assert!(err.contains("no ICMPv6 echo reply at all"), "{err}");
+        g.delete_all().unwrap();
+    }
+    assert!(gone(&p));
+}
+
 #[test]
 #[ignore = "needs root"]
 fn bench_fake_device_json_and_cleanup() {
@@ -83,16 +166,29 @@ fn bench_fake_device_json_and_cleanup() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(text.lines().count(), 1, "one JSON line: {text}");
-    assert!(
-        text.starts_with("{\"duration_s\":0.3,\"reps\":2,\"fake_device\":true,\"clock_granularity_us\":"),
-        "{text}"
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    assert_eq!(
+        (v["duration_s"].as_f64(), v["reps"].as_u64(), v["fake_device"].as_bool()),
+        (Some(0.3), Some(2), Some(true))
     );
-    assert!(text.contains("\"name\":\"rfc\",\"features\":\"0x300000000\""), "{text}");
-    assert!(text.contains("\"errors\":[]") && text.contains("\"skipped\":null"), "{text}");
-    for f in FIGURES {
-        let at = text.find(&format!("\"key\":\"{}\"", f.key)).unwrap_or_else(|| panic!("{} missing: {text}", f.key));
-        let rest = &text[at..];
-        assert!(!rest[..rest.find('}').unwrap()].contains("null"), "{} has a missing value: {text}", f.key);
+    assert!(v["clock_granularity_us"].as_f64().is_some_and(|g| g > 0.0), "{text}");
+    let sets = v["sets"].as_array().unwrap();
+    assert_eq!(sets.len(), 1, "{text}");
+    let set = &sets[0];
+    assert_eq!((set["name"].as_str(), set["features"].as_str()), (Some("rfc"), Some("0x300000000")), "{text}");
+    assert_eq!(set["errors"], serde_json::json!([]), "{text}");
+    assert!(set["skipped"].is_null(), "{text}");
+    let figures = set["figures"].as_array().unwrap();
+    assert_eq!(figures.len(), FIGURES.len(), "{text}");
+    for (f, j) in FIGURES.iter().zip(figures) {
+        assert_eq!(j["key"].as_str(), Some(f.key), "{text}");
+        for k in ["vhost", "veth", "ratio"] {
+            assert!(j[k].as_f64().is_some_and(|x| x > 0.0), "{} {k} is not a positive number: {text}", f.key);
+        }
+        for k in ["vhost_reps", "veth_reps"] {
+            let reps = j[k].as_array().unwrap();
+            assert!(reps.len() == 2 && reps.iter().all(|r| r.as_f64().is_some()), "{} {k}: {text}", f.key);
+        }
     }
     assert!(out.stderr.is_empty(), "--json prints no progress: {}", String::from_utf8_lossy(&out.stderr));
     assert!(gone(&p));
@@ -142,7 +238,8 @@ fn bench_without_the_feature_skips_with_a_reason() {
     assert!(text.contains("missing (CONFIG_VHOST_KERNEL") || text.contains("not root"), "{text}");
     let out = Command::new(EXE).args(["bench", "--json"]).output().unwrap();
     assert_eq!(out.status.code(), Some(4));
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("{\"skipped\":\""));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["skipped"].as_str().is_some_and(|why| !why.is_empty()), "{v}");
 }
 
 #[test]
