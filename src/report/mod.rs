@@ -1,0 +1,3 @@
+//! What the harness reports: KTAP ([`ktap`]) on stdout.
+
+pub mod ktap;
