@@ -44,6 +44,8 @@ cargo_test() {
 	need_crate && (cd "$VKT_ROOT" && cargo test "${extra[@]}")
 }
 
+# Every shell script; scripts/*.sh includes the guest's /init
+# (scripts/guest-init.sh, busybox sh).
 shell_scripts() {
 	printf '%s\n' "$VKT_ROOT"/scripts/*.sh "$VKT_ROOT/scripts/vmtest" \
 		"$VKT_ROOT"/scripts/lib/*.sh "$VKT_ROOT/.ci/run" \

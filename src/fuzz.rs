@@ -54,7 +54,7 @@ use crate::kmsg::LEAK_CHECK;
 use crate::ktap::{Ktap, Outcome};
 use crate::net::{LinkWatcher, Rtnl};
 use crate::races::{wait_all_gone, Snapshot};
-use crate::suite::{report_not_run, skip_reason, KernelLog, NotRun};
+use crate::suite::{report_not_run, skip_reason, LogAccount, LogVerdict, NotRun, BETWEEN_POINTS};
 use crate::tap::{Tap, TAP_TEMPLATE};
 use crate::vhost::{node_exists, open_ro, VHOST_NET_KERNEL_PATH, VHOST_NET_PATH};
 use crate::vktest::VKTEST_PATH;
@@ -808,7 +808,8 @@ pub async fn fuzz(opts: &FuzzOpts, out: impl std::io::Write) -> i32 {
     let mut k = Ktap::new(out);
     // Under a kmemleak kernel the phases are followed by the leak check.
     let leak_check = crate::kmsg::kmemleak_unavailable().is_none();
-    k.header(phases.len() + usize::from(leak_check));
+    let watched = !opts.kmsg_path.is_empty();
+    k.header(phases.len() + usize::from(leak_check) + usize::from(watched));
     k.diag(&format!("seed: {}", opts.seed));
     let skip_all = |k: &mut Ktap<_>, reason: &str| {
         for (p, ..) in &phases {
@@ -816,6 +817,9 @@ pub async fn fuzz(opts: &FuzzOpts, out: impl std::io::Write) -> i32 {
         }
         if leak_check {
             k.result(LEAK_CHECK, &Outcome::Skip(reason.to_string()));
+        }
+        if watched {
+            k.result(BETWEEN_POINTS, &Outcome::Skip(reason.to_string()));
         }
     };
     if let Some(reason) = skip_reason() {
@@ -828,9 +832,10 @@ pub async fn fuzz(opts: &FuzzOpts, out: impl std::io::Write) -> i32 {
         Ok(m) => m,
         Err(reason) => return report_not_run(&mut k, NotRun::Fail(reason), skip_all),
     };
+    let mut account = kmsg.as_ref().map(|m| LogAccount::new(m, 0, opts.timeout));
     for (p, calls, share) in phases {
         let name = format!("fuzz_phase_{p}");
-        let start = kmsg.as_ref().map(|m| m.begin(&format!("fuzz-start-{p}"), opts.timeout));
+        let start = account.as_mut().map(|a| a.begin(&format!("fuzz-start-{p}")));
         let mut outcome = match phase(opts, p, calls, share, &mut |d: String| k.diag(&d)).await {
             Ok(o) => o,
             Err(e) => {
@@ -838,9 +843,8 @@ pub async fn fuzz(opts: &FuzzOpts, out: impl std::io::Write) -> i32 {
                 Outcome::Fail
             }
         };
-        if let (Some(m), Some(pos)) = (&kmsg, start) {
-            let (incomplete, splats) = m.end(pos, &format!("fuzz-end-{p}"), opts.timeout);
-            if crate::suite::quote_kernel_reports(&mut k, &name, incomplete, &splats) {
+        if let (Some(a), Some(w)) = (account.as_mut(), start) {
+            if a.end(&mut k, &name, w, &format!("fuzz-end-{p}")) != LogVerdict::Clean {
                 k.diag(&format!("replay: vhost-kernel-test fuzz --seed {} --phase {p} --count N", opts.seed));
                 outcome = Outcome::Fail;
             }
@@ -848,18 +852,20 @@ pub async fn fuzz(opts: &FuzzOpts, out: impl std::io::Write) -> i32 {
         k.result(&name, &outcome);
     }
     if leak_check {
-        let start = kmsg.as_ref().map(|m| m.begin("fuzz-start-leak", opts.timeout));
+        let start = account.as_mut().map(|a| a.begin("fuzz-start-leak"));
         let mut outcome = crate::suite::leak_check(&mut |d: String| k.diag(&d)).await.unwrap_or_else(|e| {
             k.diag(&format!("{LEAK_CHECK}: {e:#}"));
             Outcome::Fail
         });
-        if let (Some(m), Some(pos)) = (&kmsg, start) {
-            let (incomplete, splats) = m.end(pos, "fuzz-end-leak", opts.timeout);
-            if crate::suite::quote_kernel_reports(&mut k, LEAK_CHECK, incomplete, &splats) {
+        if let (Some(a), Some(w)) = (account.as_mut(), start) {
+            if a.end(&mut k, LEAK_CHECK, w, "fuzz-end-leak") != LogVerdict::Clean {
                 outcome = Outcome::Fail;
             }
         }
         k.result(LEAK_CHECK, &outcome);
+    }
+    if let Some(a) = account.as_mut() {
+        a.between_points(&mut k, "fuzz-end");
     }
     k.totals();
     k.exit_code()

@@ -16,7 +16,7 @@ use vhost_kernel_test::fuzz::{fresh_seed, fuzz, FuzzOpts, Limit};
 use vhost_kernel_test::icmp::{self, Control, PingOpts, PingTarget};
 use vhost_kernel_test::kmsg::{kmemleak_unavailable, LEAK_CHECK};
 use vhost_kernel_test::serve::{serve, CloseOrder, ServeOpts, TapOffloads};
-use vhost_kernel_test::suite::{all_tests, run_tests, run_tests_repeated, RunOpts};
+use vhost_kernel_test::suite::{all_tests, run_tests, run_tests_repeated, RunOpts, BETWEEN_POINTS};
 use vhost_kernel_test::vhost::FeatureSet;
 
 const ABOUT: &str = "\
@@ -125,7 +125,13 @@ and, when the kernel has kmemleak (a debug kernel), the leak check:
                                any unreferenced object fails it (report quoted).
                                Leaks from before the run are set aside first.
 Any kernel WARNING/BUG/KASAN/UBSAN/lockdep/RCU/kmemleak/hung-task/oops report
-logged during a test point fails it (quoted as # lines). Stale namespaces with
+logged during a test point fails it (quoted as # lines), and so does a kernel
+log that could not be read whole (a marker not seen, records lost). The last
+point, when the kernel log is watched (not with --no-kernel-log):
+  kernel_log_between_points    fails on any report (or lost record) logged
+                               outside the points' own windows: before the
+                               first, between two, after the last.
+Stale namespaces with
 our names are removed first. Each point is followed by `# NAME: S s` (its
 duration), each scenario says its time to ready (serve started until both
 interfaces are up and addressed in their namespaces), and a `# timing:` line
@@ -252,6 +258,12 @@ enum Cmd {
     },
     /// Only the attach sanity and negative ABI checks, KTAP on stdout.
     Attach,
+    /// Print the kernel reports (WARN, BUG, KASAN, lockdep, RCU stall, soft lockup...) of a
+    /// console log or dmesg, with their context. Exit: 0 clean, 1 a report, 2 unreadable.
+    ScanLog {
+        /// The console log or dmesg output to read.
+        file: std::path::PathBuf,
+    },
     /// Random valid-shaped ioctl sequences on both nodes; every errno must be an allowed one.
     #[command(long_about = FUZZ_ABOUT)]
     Fuzz {
@@ -379,7 +391,7 @@ async fn real_main(cli: Cli) -> Result<i32> {
             progress,
         } => {
             let mut all = all_tests();
-            all.push(LEAK_CHECK);
+            all.extend([LEAK_CHECK, BETWEEN_POINTS]);
             if list {
                 all.iter().for_each(|t| println!("{t}"));
                 return Ok(0);
@@ -435,6 +447,7 @@ async fn real_main(cli: Cli) -> Result<i32> {
             println!("{}", vhost_kernel_test::attach::attach_inherited(vktest_fd, vhost_fd));
             Ok(0)
         }
+        Cmd::ScanLog { file } => Ok(vhost_kernel_test::kmsg::scan_log(&file, &mut std::io::stdout())),
         Cmd::Attach => interruptible(run_tests(ATTACH_TESTS, &RunOpts::default(), std::io::stdout())).await,
         Cmd::Serve(ServeArgs { json, vhost_hdr, timeout, fake_device, features, tap_offloads, close_order }) => {
             let opts = ServeOpts {

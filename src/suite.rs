@@ -896,51 +896,166 @@ pub fn remove_stale_namespaces(opts: &RunOpts, k: &mut Ktap<impl std::io::Write>
     Ok(())
 }
 
+/// Name of the last test point of a pass when the kernel log is watched: it
+/// judges every record logged outside the points' own windows (between one
+/// point's end marker and the next one's start marker, before the first and
+/// after the last point).
+pub const BETWEEN_POINTS: &str = "kernel_log_between_points";
+
 /// Where the kernel health of a test point comes from (the /dev/kmsg
-/// monitor; a scripted log in unit tests).
+/// monitor; a scripted log in unit tests). Positions count records from
+/// the start of the watch.
 pub trait KernelLog {
-    /// A position before a test point (after a marker round trip when possible).
-    fn begin(&self, tag: &str, limit: Duration) -> usize;
-    /// After the point: why the check may be incomplete, and the report
-    /// lines logged since `pos`.
-    fn end(&self, pos: usize, tag: &str, limit: Duration) -> (Option<String>, Vec<String>);
+    /// Write a marker tagged `tag` and wait until the reader has seen it:
+    /// Ok(the position after the marker). Err(the position read so far, why
+    /// the marker was not seen) when that fails.
+    fn sync(&self, tag: &str, limit: Duration) -> std::result::Result<usize, (usize, String)>;
+    /// The report lines (with context) among the records `from..to`, and
+    /// why that range may be incomplete (records lost before they were read).
+    fn reports(&self, from: usize, to: usize) -> (Vec<String>, Option<String>);
 }
 
 impl KernelLog for KmsgMonitor {
-    fn begin(&self, tag: &str, limit: Duration) -> usize {
-        // Without a marker (e.g. printk.devkmsg=off) fall back to what was read so far.
-        self.sync(tag, limit).unwrap_or_else(|_| self.position())
+    fn sync(&self, tag: &str, limit: Duration) -> std::result::Result<usize, (usize, String)> {
+        KmsgMonitor::sync(self, tag, limit).map_err(|e| (self.position(), format!("{e:#}")))
     }
 
-    fn end(&self, pos: usize, tag: &str, limit: Duration) -> (Option<String>, Vec<String>) {
-        let incomplete = self.sync(tag, limit).err().map(|e| format!("{e:#}"));
-        (incomplete, self.splats_since(pos))
+    fn reports(&self, from: usize, to: usize) -> (Vec<String>, Option<String>) {
+        KmsgMonitor::reports(self, from, to)
+    }
+}
+
+/// What the kernel log said about one window: nothing, less than all of it
+/// (the check is incomplete), or a report. Either of the last two fails the
+/// point that owns the window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogVerdict {
+    Clean,
+    Incomplete,
+    Report,
+}
+
+/// A test point's window, opened by [`LogAccount::begin`].
+pub struct Window {
+    start: usize,
+    /// Why the start marker was not seen, if so.
+    incomplete: Option<String>,
+}
+
+/// The kernel log of one pass, record by record: each record goes to the
+/// window of the test point during which it was logged, or to the ranges
+/// between windows that [`BETWEEN_POINTS`] judges. The windows and ranges
+/// are contiguous, so nothing is left unexamined; a marker that is not seen
+/// ends a window at what was read so far and makes its check incomplete.
+pub struct LogAccount<'a> {
+    log: &'a dyn KernelLog,
+    limit: Duration,
+    /// Every record before this position belongs to a window or a range.
+    assigned: usize,
+    /// Ranges between windows, for [`BETWEEN_POINTS`].
+    between: Vec<(usize, usize)>,
+    /// Whether a window was opened in this pass.
+    points: bool,
+}
+
+impl<'a> LogAccount<'a> {
+    /// The account of a pass that starts at position `from` (0: the start
+    /// of the watch; else where the previous pass's account ended).
+    pub fn new(log: &'a dyn KernelLog, from: usize, limit: Duration) -> Self {
+        LogAccount { log, limit, assigned: from, between: Vec::new(), points: false }
+    }
+
+    /// Where the account ends so far (the start of the next pass's).
+    pub fn position(&self) -> usize {
+        self.assigned
+    }
+
+    /// Sync on a marker: the position after it (or what was read so far)
+    /// and why the marker was not seen. Never before what is assigned.
+    fn sync(&mut self, tag: &str, what: &str) -> (usize, Option<String>) {
+        let (pos, why) = match self.log.sync(tag, self.limit) {
+            Ok(p) => (p, None),
+            Err((p, e)) => (p, Some(format!("{what} marker not seen: {e}"))),
+        };
+        (pos.max(self.assigned), why)
+    }
+
+    /// Open the window of a test point: what was logged since the last
+    /// window goes to the ranges between points.
+    pub fn begin(&mut self, tag: &str) -> Window {
+        let (pos, incomplete) = self.sync(tag, "start");
+        self.between.push((self.assigned, pos));
+        self.assigned = pos;
+        self.points = true;
+        Window { start: pos, incomplete }
+    }
+
+    /// Close the window of test point `name` and judge it on `k`: quote any
+    /// report, say why the check is incomplete if it is.
+    pub fn end<W: std::io::Write>(&mut self, k: &mut Ktap<W>, name: &str, w: Window, tag: &str) -> LogVerdict {
+        let (end, why_end) = self.sync(tag, "end");
+        let end = end.max(w.start);
+        let (splats, lost) = self.log.reports(w.start, end);
+        self.assigned = end;
+        let incomplete: Vec<String> = [w.incomplete, why_end, lost].into_iter().flatten().collect();
+        quote_kernel_reports(k, name, &incomplete, &splats)
+    }
+
+    /// The [`BETWEEN_POINTS`] check that ends the pass: a last marker, then
+    /// every range between windows, reported on `k` as a test point.
+    pub fn between_points<W: std::io::Write>(&mut self, k: &mut Ktap<W>, tag: &str) -> LogVerdict {
+        let (end, why) = self.sync(tag, "end-of-pass");
+        self.between.push((self.assigned, end));
+        self.assigned = end;
+        let mut incomplete: Vec<String> = why.into_iter().collect();
+        let mut splats = Vec::new();
+        for &(from, to) in &self.between {
+            let (s, lost) = self.log.reports(from, to);
+            splats.extend(s);
+            incomplete.extend(lost);
+        }
+        self.between.clear();
+        let verdict = quote_kernel_reports(k, "the time between test points", &incomplete, &splats);
+        let outcome = match verdict {
+            LogVerdict::Clean if !self.points => {
+                Outcome::Skip("no test point ran (the kernel log between them was clean)".into())
+            }
+            LogVerdict::Clean => Outcome::Pass,
+            LogVerdict::Incomplete | LogVerdict::Report => Outcome::Fail,
+        };
+        k.result(BETWEEN_POINTS, &outcome);
+        verdict
     }
 }
 
 /// Why a pass over the test points stopped early.
 const STOPPED_AFTER_REPORT: &str = "not run: stopped after a kernel report";
 
-/// Run `tests` once, reporting each on `k`. Kernel markers are tagged with
-/// `tag` and the point's number. With `stop_on_report`, the first point
-/// during which the kernel logged a report ends the pass: the remaining
-/// points are reported as skipped. Returns the name of that point, if any.
+/// Run `tests` once, reporting each on `k`, then (when the kernel log is
+/// watched) [`BETWEEN_POINTS`]. Kernel markers are tagged with `tag` and
+/// the point's number; `from` is where this pass's kernel log starts and is
+/// moved to where it ends. With `stop_on_report`, the first point during
+/// which the kernel logged a report ends the pass: the remaining points are
+/// reported as skipped. Returns the name of that point, if any.
+#[allow(clippy::too_many_arguments)]
 async fn run_points<W: std::io::Write>(
     k: &mut Ktap<W>,
     tests: &[&str],
     opts: &RunOpts,
     kmsg: Option<&dyn KernelLog>,
+    from: &mut usize,
     tag: &str,
     stop_on_report: bool,
     timings: &mut Timings,
 ) -> Option<String> {
     let mut reported = None;
+    let mut account = kmsg.map(|m| LogAccount::new(m, *from, opts.timeout));
     for (i, t) in tests.iter().enumerate() {
         if reported.is_some() {
             k.result(t, &Outcome::Skip(STOPPED_AFTER_REPORT.into()));
             continue;
         }
-        let start = kmsg.map(|m| m.begin(&format!("start-{tag}{}", i + 1), opts.timeout));
+        let window = account.as_mut().map(|a| a.begin(&format!("start-{tag}{}", i + 1)));
         let began = Instant::now();
         let mut outcome = match run_one(t, opts, &mut |d: String| k.diag(&d)).await {
             Ok((o, ready)) => {
@@ -957,11 +1072,14 @@ async fn run_points<W: std::io::Write>(
         // A leak found by the leak check is a kernel report even when the
         // kernel log is not monitored.
         let mut report = *t == LEAK_CHECK && outcome == Outcome::Fail;
-        if let (Some(m), Some(pos)) = (kmsg, start) {
-            let (incomplete, splats) = m.end(pos, &format!("end-{tag}{}", i + 1), opts.timeout);
-            if quote_kernel_reports(k, t, incomplete, &splats) {
-                outcome = Outcome::Fail;
-                report = true;
+        if let (Some(a), Some(w)) = (account.as_mut(), window) {
+            match a.end(k, t, w, &format!("end-{tag}{}", i + 1)) {
+                LogVerdict::Clean => {}
+                LogVerdict::Incomplete => outcome = Outcome::Fail,
+                LogVerdict::Report => {
+                    outcome = Outcome::Fail;
+                    report = true;
+                }
             }
         }
         if report && stop_on_report {
@@ -969,29 +1087,38 @@ async fn run_points<W: std::io::Write>(
         }
         k.result(t, &outcome);
     }
+    if let Some(a) = account.as_mut() {
+        if a.between_points(k, &format!("end-{tag}pass")) == LogVerdict::Report && reported.is_none() {
+            reported = Some(BETWEEN_POINTS.to_string());
+        }
+        *from = a.position();
+    }
     reported
 }
 
-/// Judge what the kernel logged during test point `name`: say when the log
-/// could not be read to the end, quote every report. True when there was a
-/// report, which fails the point.
+/// Judge what the kernel logged during test point `name`: quote every
+/// report, say why the log could not be read whole. Either fails the point.
 pub(crate) fn quote_kernel_reports<W: std::io::Write>(
     k: &mut Ktap<W>,
     name: &str,
-    incomplete: Option<String>,
+    incomplete: &[String],
     splats: &[String],
-) -> bool {
-    if let Some(e) = incomplete {
-        k.diag(&format!("kernel log check incomplete: {e}"));
+) -> LogVerdict {
+    for e in incomplete {
+        k.diag(&format!("kernel log check of {name} incomplete: {e}"));
     }
-    if splats.is_empty() {
-        return false;
+    if !splats.is_empty() {
+        k.diag(&format!("kernel reported a problem during {name}:"));
+        for l in splats {
+            k.diag(l);
+        }
+        return LogVerdict::Report;
     }
-    k.diag(&format!("kernel reported a problem during {name}:"));
-    for l in splats {
-        k.diag(l);
+    if incomplete.is_empty() {
+        LogVerdict::Clean
+    } else {
+        LogVerdict::Incomplete
     }
-    true
 }
 
 /// Why a run stops before its first test point.
@@ -1085,22 +1212,36 @@ pub fn leak_baseline<W: std::io::Write>(k: &mut Ktap<W>) {
     }
 }
 
+/// The test points a pass reports: `tests` (without [`BETWEEN_POINTS`],
+/// which a selection may name), then [`BETWEEN_POINTS`] when the kernel log
+/// is watched (`kmsg_path` not empty). Returns (tests to run, all points).
+pub fn pass_points<'a>(tests: &[&'a str], kmsg_path: &str) -> (Vec<&'a str>, Vec<&'a str>) {
+    let run: Vec<&str> = tests.iter().copied().filter(|t| *t != BETWEEN_POINTS).collect();
+    let mut all = run.clone();
+    if !kmsg_path.is_empty() {
+        all.push(BETWEEN_POINTS);
+    }
+    (run, all)
+}
+
 /// Run `tests` as KTAP on `out`; returns the exit code.
 pub async fn run_tests(tests: &[&str], opts: &RunOpts, out: impl std::io::Write) -> i32 {
+    let (tests, points) = pass_points(tests, &opts.kmsg_path);
     let mut k = Ktap::new(out);
-    k.header(tests.len());
-    let kmsg = match prepare_run(tests, opts, &mut k) {
+    k.header(points.len());
+    let kmsg = match prepare_run(&tests, opts, &mut k) {
         Ok(m) => m,
         Err(why) => {
             return report_not_run(&mut k, why, |k, reason| {
-                for t in tests {
+                for t in &points {
                     k.result(t, &Outcome::Skip(reason.to_string()));
                 }
             })
         }
     };
     let mut timings = Timings::start();
-    run_points(&mut k, tests, opts, kmsg.as_ref().map(|m| m as &dyn KernelLog), "", false, &mut timings).await;
+    let log = kmsg.as_ref().map(|m| m as &dyn KernelLog);
+    run_points(&mut k, &tests, opts, log, &mut 0, "", false, &mut timings).await;
     k.diag(&timings.summary());
     k.totals();
     k.exit_code()
@@ -1112,16 +1253,17 @@ pub async fn run_tests(tests: &[&str], opts: &RunOpts, out: impl std::io::Write)
 /// at the first kernel report: the rest of that pass and the remaining
 /// iterations are reported as skipped. Exit codes as [`run_tests`].
 pub async fn run_tests_repeated(tests: &[&str], opts: &RunOpts, n: usize, out: impl std::io::Write) -> i32 {
+    let (tests, points) = pass_points(tests, &opts.kmsg_path);
     let mut k = Ktap::new(out);
     k.header(n);
-    let kmsg = match prepare_run(tests, opts, &mut k) {
+    let kmsg = match prepare_run(&tests, opts, &mut k) {
         Ok(m) => m,
         Err(why) => {
             return report_not_run(&mut k, why, |k, reason| {
                 for it in 1..=n {
                     let mut sub = k.nested();
-                    sub.header(tests.len());
-                    for t in tests {
+                    sub.header(points.len());
+                    for t in &points {
                         sub.result(t, &Outcome::Skip(reason.to_string()));
                     }
                     k.result(&format!("iteration-{it}"), &Outcome::Skip(reason.to_string()));
@@ -1129,7 +1271,7 @@ pub async fn run_tests_repeated(tests: &[&str], opts: &RunOpts, n: usize, out: i
             })
         }
     };
-    repeat_points(&mut k, tests, opts, n, kmsg.as_ref().map(|m| m as &dyn KernelLog)).await
+    repeat_points(&mut k, &tests, opts, n, kmsg.as_ref().map(|m| m as &dyn KernelLog)).await
 }
 
 /// The iterations of [`run_tests_repeated`] after its header and preparation.
@@ -1142,6 +1284,8 @@ async fn repeat_points<W: std::io::Write>(
 ) -> i32 {
     let mut stopped: Option<(usize, String)> = None;
     let mut all = Timings::start();
+    // Each pass's kernel log starts where the previous one's ended.
+    let mut from = 0;
     for it in 1..=n {
         let name = format!("iteration-{it}");
         if let Some((at, _)) = &stopped {
@@ -1149,9 +1293,9 @@ async fn repeat_points<W: std::io::Write>(
             continue;
         }
         let mut sub = k.nested();
-        sub.header(tests.len());
+        sub.header(tests.len() + usize::from(kmsg.is_some()));
         let mut timings = Timings::start();
-        let reported = run_points(&mut sub, tests, opts, kmsg, &format!("{it}."), true, &mut timings).await;
+        let reported = run_points(&mut sub, tests, opts, kmsg, &mut from, &format!("{it}."), true, &mut timings).await;
         sub.diag(&timings.summary());
         all.points += timings.points;
         all.ready.extend(timings.ready);
@@ -1184,60 +1328,215 @@ mod tests {
         assert_eq!(all[n..], *RACE_TESTS);
     }
 
-    /// A kernel log that reports a WARNING during the `at`-th test point.
+    /// A kernel log as the reader would collect it: each sync appends its
+    /// marker, then the lines scripted to follow that marker.
+    #[derive(Default)]
     struct ScriptedLog {
-        at: usize,
-        seen: std::cell::Cell<usize>,
+        records: std::cell::RefCell<Vec<String>>,
+        /// (marker tag, line logged right after that marker).
+        after: Vec<(&'static str, &'static str)>,
+        /// Tags whose marker is never seen (the sync times out).
+        unseen: Vec<&'static str>,
+        /// Positions before which records were lost (EPIPE).
+        lost: Vec<usize>,
+        /// Tags synced, in order.
+        tags: std::cell::RefCell<Vec<String>>,
     }
 
+    const WARNING: &str = "WARNING: CPU: 0 PID: 1 at x.c:1 f";
+
     impl KernelLog for ScriptedLog {
-        fn begin(&self, _tag: &str, _limit: Duration) -> usize {
-            self.seen.set(self.seen.get() + 1);
-            self.seen.get()
+        fn sync(&self, tag: &str, _limit: Duration) -> std::result::Result<usize, (usize, String)> {
+            self.tags.borrow_mut().push(tag.to_string());
+            let mut r = self.records.borrow_mut();
+            let seen = !self.unseen.contains(&tag);
+            if seen {
+                r.push(format!("vhost-kernel-test: sync {tag} 1"));
+            }
+            let pos = r.len();
+            r.extend(self.after.iter().filter(|(t, _)| *t == tag).map(|(_, l)| l.to_string()));
+            if seen {
+                Ok(pos)
+            } else {
+                Err((pos, format!("timed out waiting for marker {tag:?}")))
+            }
         }
-        fn end(&self, pos: usize, _tag: &str, _limit: Duration) -> (Option<String>, Vec<String>) {
-            let lines = if pos == self.at { vec!["WARNING: CPU: 0 PID: 1 at x.c:1 f".to_string()] } else { vec![] };
-            (None, lines)
+        fn reports(&self, from: usize, to: usize) -> (Vec<String>, Option<String>) {
+            let r = self.records.borrow();
+            let lost = self.lost.iter().any(|&p| from <= p && p < to).then(|| "records lost (EPIPE)".to_string());
+            (crate::kmsg::find_splats(&r[from..to.min(r.len())], 25), lost)
+        }
+    }
+
+    /// One pass of `tests` (they skip at once with --fake-device: no
+    /// device, no root needed) against `log`: (exit code, KTAP without the
+    /// timing lines).
+    async fn one_pass(tests: &[&str], log: &ScriptedLog) -> (i32, String) {
+        let opts = RunOpts { fake_device: true, ..Default::default() };
+        let mut k = Ktap::new(Vec::new());
+        k.header(tests.len() + 1);
+        run_points(&mut k, tests, &opts, Some(log), &mut 0, "", false, &mut Timings::start()).await;
+        let code = k.exit_code();
+        let text = String::from_utf8(k.into_inner()).unwrap();
+        (code, text.lines().filter(|l| !timed(l)).map(|l| format!("{l}\n")).collect())
+    }
+
+    /// A timing diagnostic (`# NAME: S s` or `# timing: ...`).
+    fn timed(l: &str) -> bool {
+        let d = l.trim_start().strip_prefix("# ").unwrap_or("");
+        let duration = d.split_once(": ").and_then(|(_, v)| v.strip_suffix(" s")).map(|v| v.parse::<f64>().is_ok());
+        d.starts_with("timing: ") || duration == Some(true)
+    }
+
+    const SKIP_FAKE: &str = "# SKIP needs /dev/vhost-net-kernel and /dev/vktest (--fake-device)";
+    const TWO: [&str; 2] = ["attach_once", "vktest_kick_index2_einval"];
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn clean_log_passes_the_between_check() {
+        let log = ScriptedLog { after: vec![("end-2", "virtio_net virtio0 eth0: renamed")], ..Default::default() };
+        let (code, text) = one_pass(&TWO, &log).await;
+        assert_eq!(code, crate::ktap::EXIT_PASS, "{text}");
+        assert!(text.ends_with(&format!("ok 3 {BETWEEN_POINTS}\n")), "{text}");
+        assert_eq!(*log.tags.borrow(), ["start-1", "end-1", "start-2", "end-2", "end-pass"]);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn report_between_points_fails_the_between_check() {
+        for (at, next) in [("end-1", "start-2"), ("end-2", "end-pass")] {
+            // Logged right after a point's end marker: outside every window.
+            let log = ScriptedLog { after: vec![(at, WARNING)], ..Default::default() };
+            let (code, text) = one_pass(&TWO, &log).await;
+            assert_eq!(code, crate::ktap::EXIT_FAIL, "{text}");
+            let want = format!(
+                "ok 1 attach_once {SKIP_FAKE}\nok 2 vktest_kick_index2_einval {SKIP_FAKE}\n\
+                 # kernel reported a problem during the time between test points:\n# {WARNING}\n\
+                 # vhost-kernel-test: sync {next} 1\n\
+                 not ok 3 {BETWEEN_POINTS}\n"
+            );
+            assert_eq!(text, format!("KTAP version 1\n1..3\n{want}"), "after {at}");
         }
     }
 
     #[tokio::test(flavor = "current_thread")]
+    async fn report_inside_a_window_fails_that_point_only() {
+        let log = ScriptedLog { after: vec![("start-2", WARNING)], ..Default::default() };
+        let (_, text) = one_pass(&TWO, &log).await;
+        assert!(
+            text.contains(&format!(
+                "# kernel reported a problem during vktest_kick_index2_einval:\n# {WARNING}\n\
+                 # vhost-kernel-test: sync end-2 1\nnot ok 2 vktest_kick_index2_einval\n"
+            )),
+            "{text}"
+        );
+        assert!(text.ends_with(&format!("ok 3 {BETWEEN_POINTS}\n")), "{text}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn incomplete_end_fails_the_point() {
+        let log = ScriptedLog { unseen: vec!["end-1"], ..Default::default() };
+        let (code, text) = one_pass(&TWO, &log).await;
+        assert_eq!(code, crate::ktap::EXIT_FAIL, "{text}");
+        assert!(
+            text.contains(
+                "# kernel log check of attach_once incomplete: end marker not seen: timed out waiting for marker \"end-1\"\n\
+                 not ok 1 attach_once\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains(&format!("ok 2 vktest_kick_index2_einval {SKIP_FAKE}\n")), "{text}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn failed_begin_fails_the_point() {
+        let log = ScriptedLog { unseen: vec!["start-2"], ..Default::default() };
+        let (code, text) = one_pass(&TWO, &log).await;
+        assert_eq!(code, crate::ktap::EXIT_FAIL, "{text}");
+        assert!(
+            text.contains("# kernel log check of vktest_kick_index2_einval incomplete: start marker not seen"),
+            "{text}"
+        );
+        assert!(text.contains("not ok 2 vktest_kick_index2_einval\n"), "{text}");
+        assert!(text.contains(&format!("ok 1 attach_once {SKIP_FAKE}\n")), "{text}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn lost_records_fail_the_window_that_holds_them() {
+        // Records: 0 start-1, 1 end-1, 2 start-2, 3 end-2, 4 end-pass.
+        // A gap before record 1 is inside point 1's window (1..2); one
+        // before record 2 is between the points (2..3).
+        for (gap, failed) in [(1, "not ok 1 attach_once\n"), (2, &*format!("not ok 3 {BETWEEN_POINTS}\n"))] {
+            let log = ScriptedLog { lost: vec![gap], ..Default::default() };
+            let (code, text) = one_pass(&TWO, &log).await;
+            assert_eq!(code, crate::ktap::EXIT_FAIL, "{text}");
+            assert!(text.contains("incomplete: records lost (EPIPE)"), "{text}");
+            assert!(text.contains(failed), "gap {gap}: {text}");
+        }
+    }
+
+    /// The real monitor's side of lost records: its reports over a range
+    /// with a gap are incomplete (the reader's handling of EPIPE is tested
+    /// in kmsg.rs).
+    #[test]
+    fn monitor_reports_lost_records_as_incomplete() {
+        let (_, lost) = crate::kmsg::tests_support::monitor_with_gap().reports(0, 2);
+        assert!(lost.is_some_and(|w| w.contains("EPIPE")));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
     async fn repeat_stops_at_the_first_kernel_report() {
-        // Attach points skip at once with --fake-device: no device, no root needed.
-        let tests = ["attach_once", "vktest_kick_index2_einval"];
+        // A WARNING during the first point of the second pass.
+        let log = ScriptedLog { after: vec![("start-2.1", WARNING)], ..Default::default() };
         let opts = RunOpts { fake_device: true, ..Default::default() };
-        let log = ScriptedLog { at: 3, seen: Default::default() };
         let mut k = Ktap::new(Vec::new());
         k.header(3);
-        let code = repeat_points(&mut k, &tests, &opts, 3, Some(&log)).await;
+        let code = repeat_points(&mut k, &TWO, &opts, 3, Some(&log)).await;
         assert_eq!(code, crate::ktap::EXIT_FAIL);
         let text = String::from_utf8(k.into_inner()).unwrap();
         // Timings vary: check their shape, then compare the rest exactly.
-        let timed = |l: &str| {
-            let d = l.trim_start().strip_prefix("# ").unwrap_or("");
-            let duration = d.split_once(": ").and_then(|(_, v)| v.strip_suffix(" s")).map(|v| v.parse::<f64>().is_ok());
-            d.starts_with("timing: ") || duration == Some(true)
-        };
         // Points run: 2 in iteration 1, 1 in iteration 2; a summary per pass and one overall.
         assert_eq!(text.lines().filter(|l| timed(l)).count(), 2 + 1 + 1 + 1 + 1, "{text}");
         let text: String = text.lines().filter(|l| !timed(l)).map(|l| format!("{l}\n")).collect();
-        let skip = "# SKIP needs /dev/vhost-net-kernel and /dev/vktest (--fake-device)";
+        let skip = SKIP_FAKE;
         let want = format!(
             "KTAP version 1\n1..3\n\
-             \x20   KTAP version 1\n    1..2\n    ok 1 attach_once {skip}\n    ok 2 vktest_kick_index2_einval {skip}\n\
-             \x20   # Totals: pass:0 fail:0 xfail:0 xpass:0 skip:2 error:0\n\
-             ok 1 iteration-1 # SKIP every test point skipped\n\
-             \x20   KTAP version 1\n    1..2\n\
-             \x20   # kernel reported a problem during attach_once:\n    # WARNING: CPU: 0 PID: 1 at x.c:1 f\n\
+             \x20   KTAP version 1\n    1..3\n    ok 1 attach_once {skip}\n    ok 2 vktest_kick_index2_einval {skip}\n\
+             \x20   ok 3 {BETWEEN_POINTS}\n\
+             \x20   # Totals: pass:1 fail:0 xfail:0 xpass:0 skip:2 error:0\n\
+             ok 1 iteration-1\n\
+             \x20   KTAP version 1\n    1..3\n\
+             \x20   # kernel reported a problem during attach_once:\n    # {WARNING}\n\
+             \x20   # vhost-kernel-test: sync end-2.1 1\n\
              \x20   not ok 1 attach_once\n    ok 2 vktest_kick_index2_einval # SKIP {STOPPED_AFTER_REPORT}\n\
-             \x20   # Totals: pass:0 fail:1 xfail:0 xpass:0 skip:1 error:0\n\
+             \x20   ok 3 {BETWEEN_POINTS}\n\
+             \x20   # Totals: pass:1 fail:1 xfail:0 xpass:0 skip:1 error:0\n\
              # stopping: the kernel reported a problem during attach_once in iteration 2 (quoted above)\n\
              not ok 2 iteration-2\n\
              ok 3 iteration-3 # SKIP {STOPPED_AFTER_REPORT} in iteration 2\n\
-             # Totals: pass:0 fail:1 xfail:0 xpass:0 skip:2 error:0\n"
+             # Totals: pass:1 fail:1 xfail:0 xpass:0 skip:1 error:0\n"
         );
         assert_eq!(text, want);
-        assert_eq!(log.seen.get(), 3, "no test point ran after the report");
+        // No test point ran after the report; each pass's log ends with its own check.
+        let tags = log.tags.borrow();
+        assert_eq!(
+            *tags,
+            ["start-1.1", "end-1.1", "start-1.2", "end-1.2", "end-1.pass", "start-2.1", "end-2.1", "end-2.pass"]
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn each_pass_checks_the_log_since_the_previous_pass() {
+        // Logged after the first pass's check: the second pass's check must see it.
+        let log = ScriptedLog { after: vec![("end-1.pass", WARNING)], ..Default::default() };
+        let opts = RunOpts { fake_device: true, ..Default::default() };
+        let mut k = Ktap::new(Vec::new());
+        k.header(2);
+        let code = repeat_points(&mut k, &TWO, &opts, 2, Some(&log)).await;
+        assert_eq!(code, crate::ktap::EXIT_FAIL);
+        let text = String::from_utf8(k.into_inner()).unwrap();
+        let quote =
+            format!("    # {WARNING}\n    # vhost-kernel-test: sync start-2.1 1\n    not ok 3 {BETWEEN_POINTS}\n");
+        assert!(text.contains(&quote), "{text}");
+        assert!(text.contains("ok 1 iteration-1\n") && text.contains("not ok 2 iteration-2\n"), "{text}");
     }
 
     #[test]

@@ -227,8 +227,13 @@ fn run_fake_device_passes_traffic_and_teardowns_and_cleans_up() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.starts_with("KTAP version 1\n1..4\n"), "{text}");
-    for l in ["ok 1 teardown_exit", "ok 2 teardown_close_vktest_first", "ok 4 cleanup_no_leftovers"] {
+    assert!(text.starts_with("KTAP version 1\n1..5\n"), "{text}");
+    for l in [
+        "ok 1 teardown_exit",
+        "ok 2 teardown_close_vktest_first",
+        "ok 4 cleanup_no_leftovers",
+        "ok 5 kernel_log_between_points",
+    ] {
         assert!(text.lines().any(|x| x == l), "missing {l:?} in\n{text}");
     }
     assert!(text.contains("ok 3 teardown_unbind # SKIP"), "{text}");
@@ -279,11 +284,12 @@ fn run_repeat_nests_each_pass_as_a_ktap_subtest() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.starts_with("KTAP version 1\n1..2\n    KTAP version 1\n    1..3\n"), "{text}");
+    // Each pass ends with its own kernel_log_between_points.
+    assert!(text.starts_with("KTAP version 1\n1..2\n    KTAP version 1\n    1..4\n"), "{text}");
     for it in 1..=2 {
         assert!(text.lines().any(|l| l == format!("ok {it} iteration-{it}")), "{text}");
     }
-    for l in ["    ok 2 teardown_exit", "    ok 3 cleanup_no_leftovers"] {
+    for l in ["    ok 2 teardown_exit", "    ok 3 cleanup_no_leftovers", "    ok 4 kernel_log_between_points"] {
         assert_eq!(text.lines().filter(|x| x == &l).count(), 2, "{l:?} twice in\n{text}");
     }
     assert_eq!(text.lines().filter(|l| l.starts_with("    # serve: h2g=")).count(), 2, "{text}");
@@ -415,7 +421,8 @@ fn stale_namespace_of_the_run_is_removed_and_said() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
-    assert!(text.starts_with(&format!("KTAP version 1\n1..1\n# removed stale namespace {p}g2h\n")), "{text}");
+    // The kernel log is watched: the pass ends with kernel_log_between_points.
+    assert!(text.starts_with(&format!("KTAP version 1\n1..2\n# removed stale namespace {p}g2h\n")), "{text}");
     assert!(!netns::exists(&format!("{p}g2h")));
 }
 
@@ -465,6 +472,49 @@ fn unreadable_kernel_log_stops_the_run_with_a_clear_error() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("# kernel log not watched (--no-kernel-log)"), "{text}");
+    // Not watched: no kernel_log_between_points either.
+    assert!(text.starts_with("KTAP version 1\n1..1\n") && !text.contains("kernel_log_between_points"), "{text}");
+}
+
+/// `scan-log` on a real console log (a whole normal-config VM run of the
+/// suite, tests/data/vm-console.log): clean as it is, a report once a soft
+/// lockup is appended (quoted with its context), exit 2 when unreadable.
+#[test]
+fn scan_log_judges_a_console_log() {
+    let exe = env!("CARGO_BIN_EXE_vhost-kernel-test");
+    let clean = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/vm-console.log");
+    let out = Command::new(exe).args(["scan-log", clean]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.is_empty(), "{text}");
+
+    let mut log = std::fs::read(clean).unwrap();
+    log.extend_from_slice(
+        b"[   61.803410] watchdog: BUG: soft lockup - CPU#1 stuck for 26s! [vhost-312:318]\r\n\
+          [   61.803990] Modules linked in:\r\n\
+          [   61.804211] CPU: 1 UID: 0 PID: 318 Comm: vhost-312 Not tainted 6.12.9 #1\r\n",
+    );
+    let dir = std::env::temp_dir().join(tag("scanlog"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let locked = dir.join("console.log");
+    std::fs::write(&locked, &log).unwrap();
+    let out = Command::new(exe).arg("scan-log").arg(&locked).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let want = format!(
+        "kernel reported a problem in {}:\n\
+         watchdog: BUG: soft lockup - CPU#1 stuck for 26s! [vhost-312:318]\n\
+         Modules linked in:\n\
+         CPU: 1 UID: 0 PID: 318 Comm: vhost-312 Not tainted 6.12.9 #1\n",
+        locked.display()
+    );
+    assert_eq!(text, want);
+
+    let missing = dir.join("missing.log");
+    let out = Command::new(exe).arg("scan-log").arg(&missing).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.log"));
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -478,6 +528,8 @@ fn fuzz_without_the_devices_skips_and_prints_its_seed() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(4), "{text}");
-    assert!(text.starts_with("KTAP version 1\n1..3\n# seed: 42\n"), "{text}");
-    assert_eq!(text.matches(" # SKIP ").count(), 3, "{text}");
+    // Three phases and, the kernel log being watched by default, kernel_log_between_points.
+    assert!(text.starts_with("KTAP version 1\n1..4\n# seed: 42\n"), "{text}");
+    assert_eq!(text.matches(" # SKIP ").count(), 4, "{text}");
+    assert!(text.contains("ok 4 kernel_log_between_points # SKIP "), "{text}");
 }

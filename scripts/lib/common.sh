@@ -14,6 +14,20 @@ VKT_APT_PACKAGES=(qemu-system-x86 linux-source-6.12 busybox-static cpio bc
 	bison flex libelf-dev libssl-dev make gcc xz-utils patch python3 perl
 	shellcheck rsync)
 
+# Harness subcommands that a first harness argument may select, for
+# scripts/vmtest and the guest's /init (mkinitramfs.sh writes the list to
+# /etc/vkt-subcommands); any other first argument is an option of "run".
+VKT_SUBCOMMANDS="run attach serve bench ping fuzz scan-log help"
+
+# True when $1 is one of VKT_SUBCOMMANDS.
+is_harness_subcommand() {
+	local c
+	for c in $VKT_SUBCOMMANDS; do
+		[ "$1" != "$c" ] || return 0
+	done
+	return 1
+}
+
 # Print the calling script's header comment (from line 2 to `set -eu...`)
 # as its help, and exit with $1 (default 2).
 usage() {

@@ -11,23 +11,43 @@ use anyhow::{bail, Context, Result};
 
 pub const KMSG_PATH: &str = "/dev/kmsg";
 
-/// Substrings that mark the first line of a kernel problem report.
+/// Substrings that mark the first line of a kernel problem report, in the
+/// kernel log as the harness reads it and in a console log (`scan-log`).
+/// Substrings, not anchored patterns: a console line may carry a timestamp,
+/// a log level or a prefix such as `watchdog: ` or `rcu: ` before them.
 pub const SPLAT_PATTERNS: &[&str] = &[
+    // WARN()/WARN_ON(), and the headers of lockdep, RCU-lockdep and the
+    // other debug checks (possible circular/recursive locking, inconsistent
+    // lock state, lock held when returning to user space...).
+    "------------[ cut here ]------------",
     "WARNING:",
+    // BUG()/BUG_ON(), KASAN, soft lockups, sleeping in atomic context...
     "BUG:",
+    "kernel BUG at",
     "KASAN:",
     "UBSAN:",
+    "Oops:",
+    "general protection fault",
+    "Kernel panic",
+    // The lockdep and lockup reports by their own words as well, so that a
+    // kernel that words the header differently is still caught.
     "possible circular locking",
+    "possible recursive locking",
+    "lock held when returning to user space",
+    "inconsistent lock state",
     "suspicious RCU usage",
+    "soft lockup",
+    "hard LOCKUP",
+    // RCU CPU stall warnings: rcu_sched/rcu_preempt "detected stalls on
+    // CPUs/tasks", "detected expedited stalls", "self-detected stall on CPU".
+    "detected stalls on",
+    "detected expedited stalls",
+    "self-detected stall",
+    // Hung tasks.
+    "blocked for more than",
+    // kmemleak.
     "unreferenced object",
     "suspected memory leak",
-    "blocked for more than",
-    "Oops",
-    "general protection fault",
-    "kernel BUG at",
-    "Kernel panic",
-    "self-detected stall",
-    "detected stalls on CPU",
 ];
 
 /// kmemleak's control file (debugfs).
@@ -103,11 +123,66 @@ pub fn find_splats(lines: &[String], context: usize) -> Vec<String> {
     out
 }
 
+/// What the reader thread has collected.
 #[derive(Default)]
 struct Shared {
     lines: Vec<String>,
+    /// Positions in `lines` before which records were lost: the kernel
+    /// overwrote them in its ring before we read them (EPIPE).
+    lost: Vec<usize>,
+    /// Why the reader stopped, if it did.
     error: Option<String>,
 }
+
+impl Shared {
+    /// Take in the result of one read of the kernel log at `path` (`Ok`
+    /// holds the bytes read: one record, none at end of file). False when
+    /// the reader must stop (end of file, a read error: kept in `error`).
+    fn take_read(&mut self, res: std::io::Result<&[u8]>, path: &str) -> bool {
+        match res {
+            Ok([]) => {
+                self.error = Some(format!("end of file on {path}"));
+                false
+            }
+            Ok(rec) => {
+                self.lines.push(record_text(&String::from_utf8_lossy(rec)).to_string());
+                true
+            }
+            // Records were overwritten before we read them: the next read
+            // gives the oldest record still there. Note the gap: a check
+            // over a range holding it cannot be complete.
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {
+                self.lost.push(self.lines.len());
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => true,
+            Err(e) => {
+                self.error = Some(format!("read {path}: {e}"));
+                false
+            }
+        }
+    }
+
+    /// Report lines (with context) among the records `from..to`, and why
+    /// that range may be incomplete (records lost inside it).
+    fn reports(&self, from: usize, to: usize) -> (Vec<String>, Option<String>) {
+        let to = to.min(self.lines.len());
+        let from = from.min(to);
+        // A gap at p is between lines[p - 1] and lines[p]: inside the range
+        // when from <= p < to (lines[from - 1] is the marker that opened it).
+        let gaps = self.lost.iter().filter(|&&p| from <= p && p < to).count();
+        let incomplete = (gaps > 0).then(|| {
+            format!(
+                "kernel log records were lost ({gaps} time(s) the kernel overwrote records before the reader got \
+                 them, EPIPE): a report may have been among them"
+            )
+        });
+        (find_splats(&self.lines[from..to], REPORT_CONTEXT), incomplete)
+    }
+}
+
+/// Lines quoted after each report line.
+pub const REPORT_CONTEXT: usize = 25;
 
 /// Reads /dev/kmsg from "now" on, in a background thread.
 #[derive(Clone)]
@@ -193,39 +268,89 @@ impl KmsgMonitor {
         }
     }
 
-    /// Report lines logged since `pos` (after a sync), quoted with context.
-    pub fn splats_since(&self, pos: usize) -> Vec<String> {
-        find_splats(&self.lines_since(pos), 25)
+    /// Report lines among the records `from..to` (positions from
+    /// [`KmsgMonitor::sync`]), quoted with context, and why the range may be
+    /// incomplete (records lost).
+    pub fn reports(&self, from: usize, to: usize) -> (Vec<String>, Option<String>) {
+        self.lock().reports(from, to)
     }
 }
 
 fn reader(mut f: File, shared: Arc<(Mutex<Shared>, Condvar)>, path: &str) {
     let mut buf = vec![0u8; 16384];
     loop {
-        match f.read(&mut buf) {
-            Ok(0) => {
-                let (m, cv) = &*shared;
-                m.lock().unwrap_or_else(|p| p.into_inner()).error = Some(format!("end of file on {path}"));
-                cv.notify_all();
-                return;
-            }
-            Ok(n) => {
-                let rec = String::from_utf8_lossy(&buf[..n]);
-                let text = record_text(&rec).to_string();
-                let (m, cv) = &*shared;
-                m.lock().unwrap_or_else(|p| p.into_inner()).lines.push(text);
-                cv.notify_all();
-            }
-            // Records were overwritten before we read them: go on.
-            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                let (m, cv) = &*shared;
-                m.lock().unwrap_or_else(|p| p.into_inner()).error = Some(format!("read {path}: {e}"));
-                cv.notify_all();
-                return;
+        let res = f.read(&mut buf).map(|n| &buf[..n]);
+        let (m, cv) = &*shared;
+        let go_on = m.lock().unwrap_or_else(|p| p.into_inner()).take_read(res, path);
+        cv.notify_all();
+        if !go_on {
+            return;
+        }
+    }
+}
+
+/// The message of one line of a console log or of `dmesg`: without the
+/// `<N>` level, the `[ seconds]` timestamp and a trailing CR.
+pub fn console_text(line: &str) -> &str {
+    let mut l = line.trim_end_matches('\r');
+    if let Some(rest) = l.strip_prefix('<') {
+        if let Some((level, after)) = rest.split_once('>') {
+            if !level.is_empty() && level.bytes().all(|b| b.is_ascii_digit()) {
+                l = after;
             }
         }
+    }
+    if let Some(rest) = l.strip_prefix('[') {
+        if let Some((ts, after)) = rest.split_once(']') {
+            if ts.trim().bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+                l = after.strip_prefix(' ').unwrap_or(after);
+            }
+        }
+    }
+    l
+}
+
+/// The report lines of a console log or dmesg text, with their context.
+pub fn scan_log_text(text: &str) -> Vec<String> {
+    let lines: Vec<String> = text.lines().map(|l| console_text(l).to_string()).collect();
+    find_splats(&lines, REPORT_CONTEXT)
+}
+
+/// `scan-log FILE`: print the kernel reports of a console log or dmesg
+/// (as the KTAP quotes, without `#`) on `out`. Exit status: 0 clean,
+/// 1 a report, 2 the file could not be read.
+pub fn scan_log(path: &std::path::Path, out: &mut impl Write) -> i32 {
+    let text = match std::fs::read(path) {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) => {
+            eprintln!("vhost-kernel-test scan-log: read {}: {e}", path.display());
+            return 2;
+        }
+    };
+    let found = scan_log_text(&text);
+    if found.is_empty() {
+        return 0;
+    }
+    let _ = writeln!(out, "kernel reported a problem in {}:", path.display());
+    for l in &found {
+        let _ = writeln!(out, "{l}");
+    }
+    let _ = out.flush();
+    1
+}
+
+/// A monitor over a scripted reader state, for the runner's unit tests.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+
+    /// Two records with records lost between them (EPIPE), no reader thread.
+    pub(crate) fn monitor_with_gap() -> KmsgMonitor {
+        let mut sh = Shared::default();
+        sh.take_read(Ok(b"6,1,100,-;one\n"), "kmsg");
+        sh.take_read(Err(std::io::Error::from_raw_os_error(libc::EPIPE)), "kmsg");
+        sh.take_read(Ok(b"6,9,900,-;two\n"), "kmsg");
+        KmsgMonitor { shared: Arc::new((Mutex::new(sh), Condvar::new())), path: Arc::from("kmsg") }
     }
 }
 
@@ -293,6 +418,70 @@ Oops: Oops: 0000 [#1] PREEMPT SMP NOPTI";
 UBSAN: array-index-out-of-bounds in drivers/vdpa/vdpa_sim/vktest.c:201:6
 index 5 is out of range for type 'vktest_vq [2]'";
 
+    const HARD_LOCKUP: &str = "\
+watchdog: Watchdog detected hard LOCKUP on cpu 1
+Modules linked in:
+CPU: 1 UID: 0 PID: 318 Comm: vhost-312 Not tainted 6.12.9 #1";
+
+    const RCU_SCHED_STALL: &str = "\
+rcu: INFO: rcu_sched detected stalls on CPUs/tasks:
+rcu: \t1-...!: (1 GPs behind) idle=d84/0/0x1 softirq=4006/4007 fqs=1 (false positive?)";
+
+    const RCU_EXPEDITED: &str = "\
+rcu: INFO: rcu_preempt detected expedited stalls on CPUs/tasks: { 1-.... } 21002 jiffies s: 1349 root: 0x2/.";
+
+    const LOCKDEP_RECURSIVE: &str = "\
+============================================
+WARNING: possible recursive locking detected
+6.12.9 #1 Not tainted
+--------------------------------------------
+vhost-312/318 is trying to acquire lock:";
+
+    const LOCKDEP_USER_RETURN: &str = "\
+================================================
+WARNING: lock held when returning to user space!
+6.12.9 #1 Not tainted
+------------------------------------------------
+vhost-kernel-te/312 is leaving the kernel with locks still held!";
+
+    const LOCKDEP_INCONSISTENT: &str = "\
+================================
+WARNING: inconsistent lock state
+6.12.9 #1 Not tainted
+--------------------------------
+inconsistent {SOFTIRQ-ON-W} -> {IN-SOFTIRQ-W} usage.";
+
+    const BUG_AT: &str = "\
+------------[ cut here ]------------
+kernel BUG at drivers/vhost/vhost.c:2601!
+Oops: invalid opcode: 0000 [#1] PREEMPT SMP NOPTI";
+
+    const PANIC: &str = "Kernel panic - not syncing: Fatal exception in interrupt";
+
+    /// Every sample report, each of which must be caught.
+    const SAMPLES: &[&str] = &[
+        WARN,
+        KASAN,
+        LOCKDEP,
+        RCU,
+        KMEMLEAK,
+        KMEMLEAK_SUMMARY,
+        RCU_STALL,
+        SOFT_LOCKUP,
+        HUNG,
+        GPF,
+        NULLDEREF,
+        UBSAN,
+        HARD_LOCKUP,
+        RCU_SCHED_STALL,
+        RCU_EXPEDITED,
+        LOCKDEP_RECURSIVE,
+        LOCKDEP_USER_RETURN,
+        LOCKDEP_INCONSISTENT,
+        BUG_AT,
+        PANIC,
+    ];
+
     const HEALTHY: &str = "\
 tun: Universal TUN/TAP device driver, 1.6
 virtio_net virtio0 eth0: renamed from eth0
@@ -308,12 +497,107 @@ virtio_net virtio1: unbound, warning-free teardown";
 
     #[test]
     fn every_sample_splat_is_caught() {
-        for sample in
-            [WARN, KASAN, LOCKDEP, RCU, KMEMLEAK, KMEMLEAK_SUMMARY, RCU_STALL, SOFT_LOCKUP, HUNG, GPF, NULLDEREF, UBSAN]
-        {
+        for sample in SAMPLES {
             let found = find_splats(&lines(sample), 25);
             assert!(!found.is_empty(), "missed:\n{sample}");
         }
+    }
+
+    /// Each pattern is there for a report the samples show: none is dead.
+    #[test]
+    fn every_pattern_matches_a_sample_line() {
+        for p in SPLAT_PATTERNS {
+            assert!(SAMPLES.iter().flat_map(|s| s.lines()).any(|l| l.contains(p)), "no sample for {p:?}");
+        }
+    }
+
+    /// The reports the issue names, each as the kernel words its first line.
+    #[test]
+    fn named_reports_are_caught_by_their_first_line() {
+        for first in [
+            SOFT_LOCKUP,
+            "watchdog: Watchdog detected hard LOCKUP on cpu 1",
+            "rcu: INFO: rcu_sched detected stalls on CPUs/tasks:",
+            "rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:",
+            "rcu: INFO: rcu_preempt self-detected stall on CPU",
+            "rcu: INFO: rcu_preempt detected expedited stalls on CPUs/tasks: { 1-.... } 21002 jiffies s: 1349",
+            "INFO: task vhost-kernel-te:312 blocked for more than 120 seconds.",
+            "BUG: KASAN: slab-use-after-free in vhost_poll_wakeup+0x5c/0x70",
+            "UBSAN: shift-out-of-bounds in drivers/vhost/net.c:512:9",
+            "WARNING: possible circular locking dependency detected",
+            "WARNING: possible recursive locking detected",
+            "WARNING: lock held when returning to user space!",
+            "kmemleak: 1 new suspected memory leaks (see /sys/kernel/debug/kmemleak)",
+            "unreferenced object 0xffff88800a1c9e00 (size 256):",
+            "WARNING: CPU: 1 PID: 312 at drivers/vhost/vhost.c:724 vhost_dev_cleanup+0x3a1/0x3d0",
+            "BUG: kernel NULL pointer dereference, address: 0000000000000010",
+            "kernel BUG at drivers/vhost/vhost.c:2601!",
+            "Oops: 0000 [#1] PREEMPT SMP NOPTI",
+            "Oops: general protection fault, probably for non-canonical address 0xdffffc0000000003: 0000 [#1]",
+            "general protection fault, probably for non-canonical address 0xdffffc0000000003: 0000 [#1] SMP",
+            "Kernel panic - not syncing: Fatal exception in interrupt",
+        ] {
+            assert!(is_splat(first), "missed: {first}");
+        }
+    }
+
+    #[test]
+    fn console_lines_lose_level_and_timestamp() {
+        assert_eq!(
+            console_text("[   12.345678] watchdog: BUG: soft lockup - CPU#1 stuck\r"),
+            "watchdog: BUG: soft lockup - CPU#1 stuck"
+        );
+        assert_eq!(console_text("<4>[    0.000000] WARNING: x"), "WARNING: x");
+        assert_eq!(console_text("vkt-init: running"), "vkt-init: running");
+        assert_eq!(console_text("[ cut here ]"), "[ cut here ]");
+    }
+
+    #[test]
+    fn scan_log_text_quotes_reports_of_a_console_log() {
+        let mut log: String = HEALTHY.lines().map(|l| format!("[    1.000000] {l}\r\n")).collect();
+        assert!(scan_log_text(&log).is_empty(), "{log}");
+        log += "[   31.000000] watchdog: BUG: soft lockup - CPU#1 stuck for 26s! [vhost-312:318]\r\n";
+        log += "[   31.000001] Modules linked in:\r\n";
+        let found = scan_log_text(&log);
+        assert_eq!(found, ["watchdog: BUG: soft lockup - CPU#1 stuck for 26s! [vhost-312:318]", "Modules linked in:"]);
+    }
+
+    /// Reads as the reader thread gets them: two records, records lost
+    /// (EPIPE), one more record.
+    fn shared_after_reads(lost: bool) -> Shared {
+        let mut sh = Shared::default();
+        let epipe = || Err(std::io::Error::from_raw_os_error(libc::EPIPE));
+        assert!(sh.take_read(Ok(b"6,1,100,-;vhost-kernel-test: sync start-1 7\n"), "kmsg"));
+        assert!(sh.take_read(Ok(b"6,2,200,-;virtio_net virtio0 eth0: renamed\n"), "kmsg"));
+        if lost {
+            assert!(sh.take_read(epipe(), "kmsg"));
+        }
+        assert!(sh.take_read(Err(std::io::Error::from_raw_os_error(libc::EINTR)), "kmsg"));
+        assert!(sh.take_read(Ok(b"6,90,900,-;vhost-kernel-test: sync end-1 7\n"), "kmsg"));
+        sh
+    }
+
+    #[test]
+    fn lost_records_make_the_range_incomplete() {
+        let sh = shared_after_reads(true);
+        assert_eq!(sh.lines.len(), 3);
+        let (found, incomplete) = sh.reports(1, 3);
+        assert!(found.is_empty());
+        let why = incomplete.expect("records were lost inside 1..3");
+        assert!(why.contains("lost") && why.contains("EPIPE"), "{why}");
+        // The gap is after record 2: a range that ends before it is complete.
+        assert_eq!(sh.reports(0, 2).1, None);
+        assert_eq!(shared_after_reads(false).reports(1, 3).1, None);
+    }
+
+    #[test]
+    fn end_of_file_and_read_errors_stop_the_reader() {
+        let mut sh = Shared::default();
+        assert!(!sh.take_read(Ok(b""), "/dev/kmsg"));
+        assert_eq!(sh.error.as_deref(), Some("end of file on /dev/kmsg"));
+        let mut sh = Shared::default();
+        assert!(!sh.take_read(Err(std::io::Error::from_raw_os_error(libc::EINVAL)), "/dev/kmsg"));
+        assert!(sh.error.as_deref().is_some_and(|e| e.starts_with("read /dev/kmsg: ")), "{:?}", sh.error);
     }
 
     #[test]
@@ -329,9 +613,11 @@ virtio_net virtio1: unbound, warning-free teardown";
         let mut log = lines(HEALTHY);
         log.extend(lines(WARN));
         let found = find_splats(&log, 2);
-        assert_eq!(found.len(), 3);
-        assert!(found[0].starts_with("WARNING: CPU: 1 PID: 312"));
-        assert_eq!(found[1], "Modules linked in:");
+        // From the "cut here" line that opens the WARN, 2 lines past its last report line.
+        assert_eq!(found.len(), 4);
+        assert_eq!(found[0], "------------[ cut here ]------------");
+        assert!(found[1].starts_with("WARNING: CPU: 1 PID: 312"));
+        assert_eq!(found[2], "Modules linked in:");
     }
 
     #[test]
