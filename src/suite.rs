@@ -280,6 +280,10 @@ impl ServeChild {
         cmd.arg("serve").arg("--json").arg("--timeout").arg(limit.as_secs().max(1).to_string());
         cmd.args(extra);
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true).process_group(0);
+        let parent = nix::unistd::getpid();
+        // SAFETY: the hook runs between fork and exec, where only
+        // async-signal-safe calls are allowed: prctl and getppid only.
+        unsafe { cmd.pre_exec(move || die_with_parent(parent)) };
         let mut child = cmd.spawn().with_context(|| format!("spawn {exe} serve"))?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("serve child has no stdout"))?;
         let stderr = child.stderr.take().ok_or_else(|| anyhow!("serve child has no stderr"))?;
@@ -395,6 +399,23 @@ impl ServeChild {
             let _ = timeout(limit, self.child.wait()).await;
         }
     }
+}
+
+/// In the forked child before exec: be SIGKILLed when the parent dies, so
+/// that a SIGKILLed `run` does not leave its serving child holding the
+/// devices and interfaces (its own process group spares it the parent's
+/// group signals). The signal comes when the thread that forked exits: the
+/// runtime's thread, which lives as long as the process. If the parent
+/// died before the prctl, no signal will come: fail the exec instead.
+fn die_with_parent(parent: nix::unistd::Pid) -> std::io::Result<()> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes integers and touches no memory of ours.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if nix::unistd::getppid() != parent {
+        return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    Ok(())
 }
 
 /// How long dropping a still running [`ServeChild`] waits for it to die.
