@@ -452,7 +452,7 @@ pub async fn serve(opts: &ServeOpts) -> Result<()> {
             drop(tap);
             drop(efds);
         }
-        Held::Fake(fake) => {
+        Held::Fake(mut fake) => {
             loop {
                 tokio::select! {
                     _ = term.recv() => break,
@@ -464,8 +464,10 @@ pub async fn serve(opts: &ServeOpts) -> Result<()> {
                     }
                     _ = usr2.recv() => {
                         // Like the real pair: the device stays while "vktest" holds it.
-                        eprintln!("SIGUSR2: fake pair has no vhost fd, interfaces kept");
-                        say(&closed_line(VHOST_NET_KERNEL_PATH, opts.json))?;
+                        if let Some(what) = fake.close_vhost() {
+                            eprintln!("SIGUSR2: {what}");
+                            say(&closed_line(VHOST_NET_KERNEL_PATH, opts.json))?;
+                        }
                     }
                 }
             }

@@ -1064,6 +1064,13 @@ pub(crate) fn report_not_run<W: std::io::Write>(
     }
 }
 
+/// First diagnostic of a `--fake-device` run.
+pub const FAKE_DEVICE_NOTE: &str = "fake device: two TAPs bridged in user space stand in for \
+/dev/vhost-net-kernel + /dev/vktest; no kernel feature is tested (result names end in _fake_device)";
+
+/// Suffix of every result name of a `--fake-device` run.
+pub const FAKE_DEVICE_SUFFIX: &str = "_fake_device";
+
 /// What every run does before its first test point: say why nothing can run,
 /// remove stale namespaces, start the kernel log monitor.
 fn prepare_run<W: std::io::Write>(
@@ -1071,6 +1078,10 @@ fn prepare_run<W: std::io::Write>(
     opts: &RunOpts,
     k: &mut Ktap<W>,
 ) -> std::result::Result<Option<KmsgMonitor>, NotRun> {
+    if opts.fake_device {
+        k.diag(FAKE_DEVICE_NOTE);
+        k.mark_names(FAKE_DEVICE_SUFFIX);
+    }
     if let Some(reason) = skip_reason().filter(|_| !opts.fake_device) {
         return Err(NotRun::Skip(reason));
     }
