@@ -49,7 +49,7 @@ real_tool() {
 shared_libs() {
 	ldd "$@" | awk '
 		$2 == "=>" && $3 ~ /^\// { print $3 }
-		$1 ~ /^\// { print $1 }' | sort -u
+		$1 ~ /^\// && $1 !~ /:$/ { print $1 }' | sort -u
 }
 
 # The static harness, built as scripts/vmtest builds it (--exec leaves the

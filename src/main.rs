@@ -213,10 +213,7 @@ fn rfc_call(args: &[std::ffi::OsString]) -> Option<RfcCall> {
     if rest.is_empty() {
         return Some(RfcCall::AttachCheck);
     }
-    let rfc_name = args
-        .first()
-        .and_then(|a| std::path::Path::new(a).file_name())
-        .is_some_and(|n| n == RFC_NAME);
+    let rfc_name = args.first().and_then(|a| std::path::Path::new(a).file_name()).is_some_and(|n| n == RFC_NAME);
     let is_serve = |a: &std::ffi::OsString| {
         let a = a.to_string_lossy();
         if !rfc_name {

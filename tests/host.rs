@@ -229,11 +229,18 @@ fn run_fake_device_passes_traffic_and_teardowns_and_cleans_up() {
     assert_eq!(out.status.code(), Some(0), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
     // Every result says that no kernel was tested.
     assert!(text.starts_with("KTAP version 1\n1..4\n# fake device: "), "{text}");
-    for l in ["ok 1 teardown_exit_fake_device", "ok 2 teardown_close_vktest_first_fake_device", "ok 4 cleanup_no_leftovers_fake_device"] {
+    for l in [
+        "ok 1 teardown_exit_fake_device",
+        "ok 2 teardown_close_vktest_first_fake_device",
+        "ok 4 cleanup_no_leftovers_fake_device",
+    ] {
         assert!(text.lines().any(|x| x == l), "missing {l:?} in\n{text}");
     }
     assert!(text.contains("ok 3 teardown_unbind_fake_device # SKIP"), "{text}");
-    assert!(text.lines().filter(|l| l.starts_with("ok ") || l.starts_with("not ok ")).all(|l| l.contains("_fake_device")));
+    assert!(text
+        .lines()
+        .filter(|l| l.starts_with("ok ") || l.starts_with("not ok "))
+        .all(|l| l.contains("_fake_device")));
     assert!(text.contains("# h2g -> g2h: 10 transmitted, 10 received, 0.0% loss"), "{text}");
     assert!(text.contains("# serve: SIGUSR1: removed fake g2h interface"), "{text}");
     assert!(!netns::exists(&format!("{p}h2g")) && !netns::exists(&format!("{p}g2h")));
@@ -561,7 +568,9 @@ fn sigkilled_run_takes_its_serve_child_along() {
     assert!(seen.last().is_some_and(|l| l.starts_with("# serve: h2g=")), "{seen:?}");
     let serve: Vec<i32> = children_of(run.id())
         .into_iter()
-        .filter(|c| std::fs::read(format!("/proc/{c}/cmdline")).unwrap_or_default().split(|&b| b == 0).nth(1) == Some(b"serve"))
+        .filter(|c| {
+            std::fs::read(format!("/proc/{c}/cmdline")).unwrap_or_default().split(|&b| b == 0).nth(1) == Some(b"serve")
+        })
         .collect();
     assert_eq!(serve.len(), 1, "serve children of the run: {serve:?}");
     let serve = serve[0];
