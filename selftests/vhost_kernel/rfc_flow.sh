@@ -34,6 +34,8 @@
 set -eu
 
 HARNESS="${1:-$(command -v vhost-kernel-test || true)}"
+IP=ip
+PING=ping
 HOSTIP=fe80::0
 GUESTIP=fe80::1
 # Replies each flood direction must have caused while it ran (as the harness).
@@ -79,8 +81,8 @@ cleanup() {
 		[ -z "$p" ] || kill "$p" 2>/dev/null || :
 		[ -z "$p" ] || wait "$p" 2>/dev/null || :
 	done
-	ip netns del g2h 2>/dev/null || :
-	ip netns del h2g 2>/dev/null || :
+	"$IP" netns del g2h 2>/dev/null || :
+	"$IP" netns del h2g 2>/dev/null || :
 	exec 3<&- || :
 	PID=''
 	PINGPID0=''
@@ -90,13 +92,13 @@ cleanup() {
 
 # Packets received by interface $2 in namespace $1.
 rx_packets() {
-	ip netns exec "$1" cat "/sys/class/net/$2/statistics/rx_packets"
+	"$IP" netns exec "$1" cat "/sys/class/net/$2/statistics/rx_packets"
 }
 
 # `ping -6 -c10 -A -s 20000` from namespace $1 over $2 to $3: no loss.
 ping_ten() {
 	echo "+ ip netns exec $1 ping -6 -c10 -A -s 20000 $3%$2" >&2
-	out="$(ip netns exec "$1" ping -6 -c10 -A -s 20000 "$3%$2" 2>&1)" || {
+	out="$("$IP" netns exec "$1" "$PING" -6 -c10 -A -s 20000 "$3%$2" 2>&1)" || {
 		printf '%s\n' "$out" >&2
 		diag "ping from $1 over $2 to $3 failed"
 		return 1
@@ -152,11 +154,11 @@ test_one() {
 	virtio[0-9]*) ;;
 	*) diag "$g2h is not a virtio device ($virtio)"; return 1 ;;
 	esac
-	try ip netns add g2h || return 1
-	try ip netns add h2g || return 1
-	try ip link set dev "$h2g" netns h2g || return 1
-	try ip netns exec h2g ip addr add dev "$h2g" scope link "$HOSTIP/64" nodad || return 1
-	try ip netns exec h2g ip link set dev "$h2g" up || return 1
+	try "$IP" netns add g2h || return 1
+	try "$IP" netns add h2g || return 1
+	try "$IP" link set dev "$h2g" netns h2g || return 1
+	try "$IP" netns exec h2g "$IP" addr add dev "$h2g" scope link "$HOSTIP/64" nodad || return 1
+	try "$IP" netns exec h2g "$IP" link set dev "$h2g" up || return 1
 	place_g2h "$g2h" || return 1
 	ping_ten h2g "$h2g" "$GUESTIP" || return 1
 	ping_ten g2h "$g2h" "$HOSTIP" || return 1
@@ -164,9 +166,9 @@ test_one() {
 
 # Move the virtio-net interface $1 into g2h, address it, bring it up.
 place_g2h() {
-	try ip link set dev "$1" netns g2h || return 1
-	try ip netns exec g2h ip addr add dev "$1" scope link "$GUESTIP/64" nodad || return 1
-	try ip netns exec g2h ip link set dev "$1" up || return 1
+	try "$IP" link set dev "$1" netns g2h || return 1
+	try "$IP" netns exec g2h "$IP" addr add dev "$1" scope link "$GUESTIP/64" nodad || return 1
+	try "$IP" netns exec g2h "$IP" link set dev "$1" up || return 1
 }
 
 # The RFC's start_background_flood, then a check that both floods flow.
@@ -174,10 +176,10 @@ start_background_flood() {
 	h0="$(rx_packets h2g "$h2g")" || return 1
 	g0="$(rx_packets g2h "$g2h")" || return 1
 	echo "+ ip netns exec h2g ping -6 -f $GUESTIP%$h2g &" >&2
-	ip netns exec h2g ping -6 -f "$GUESTIP%$h2g" >/dev/null 2>&1 &
+	"$IP" netns exec h2g "$PING" -6 -f "$GUESTIP%$h2g" >/dev/null 2>&1 &
 	PINGPID0=$!
 	echo "+ ip netns exec g2h ping -6 -f $HOSTIP%$g2h &" >&2
-	ip netns exec g2h ping -6 -f "$HOSTIP%$g2h" >/dev/null 2>&1 &
+	"$IP" netns exec g2h "$PING" -6 -f "$HOSTIP%$g2h" >/dev/null 2>&1 &
 	PINGPID1=$!
 	# Not a synchronisation: the RFC lets the floods run for a second
 	# before it tears down; the counters then say whether they flowed.
@@ -254,7 +256,7 @@ rfc_unbind_rebind() {
 	# The floods are still running here (the RFC's order): ping's own
 	# verdict (some reply) decides, the loss is a diagnostic.
 	echo "+ ip netns exec g2h ping -6 -c10 -A -s 20000 $HOSTIP%$g2h" >&2
-	out="$(ip netns exec g2h ping -6 -c10 -A -s 20000 "$HOSTIP%$g2h" 2>&1)" || {
+	out="$("$IP" netns exec g2h "$PING" -6 -c10 -A -s 20000 "$HOSTIP%$g2h" 2>&1)" || {
 		printf '%s\n' "$out" >&2
 		diag "ping over the rebound $g2h failed"
 		return 1
@@ -314,12 +316,30 @@ rfc_sanity_check() {
 	return "$rc"
 }
 
+# The path of the first $1 in PATH whose `$1 -V` mentions $2. By path:
+# a busybox shell built with FEATURE_SH_STANDALONE runs its own applet for
+# a bare name (busybox's ip and ping lack the options we need).
+real_tool() {
+	old_ifs="$IFS"
+	IFS=:
+	for d in $PATH; do
+		if [ -x "$d/$1" ] && "$d/$1" -V 2>/dev/null | grep -q "$2"; then
+			IFS="$old_ifs"
+			echo "$d/$1"
+			return 0
+		fi
+	done
+	IFS="$old_ifs"
+	return 1
+}
+
 # Check the tools: the real ones, not busybox's applets of the same name.
 check_tools() {
-	ip -V 2>/dev/null | grep -q iproute2 ||
-		{ echo "Bail out! ip is not iproute2's (put it in PATH)"; exit 1; }
-	ping -V 2>/dev/null | grep -q iputils ||
-		{ echo "Bail out! ping is not iputils' (put it in PATH)"; exit 1; }
+	IP="$(real_tool ip iproute2)" ||
+		{ echo "Bail out! no iproute2 ip in PATH"; exit 1; }
+	PING="$(real_tool ping iputils)" ||
+		{ echo "Bail out! no iputils ping in PATH"; exit 1; }
+	diag "tools: $IP ($("$IP" -V)), $PING ($("$PING" -V | head -n 1))"
 	if [ -z "$HARNESS" ] || [ ! -x "$HARNESS" ]; then
 		echo "Bail out! harness not found (give its path)"
 		exit 1
@@ -328,9 +348,9 @@ check_tools() {
 
 main() {
 	echo "KTAP version 1"
+	echo "1..6"
 	check_tools
 	tests="rfc_basic rfc_close_vktest_first rfc_unbind rfc_unbind_rebind"
-	echo "1..6"
 	if [ ! -e /dev/vktest ] || [ ! -e /dev/vhost-net-kernel ]; then
 		for t in rfc_sanity_check $tests rfc_leftover_serve_exits; do
 			N=$((N + 1))
