@@ -224,16 +224,10 @@ pub fn monotonic_ns() -> u64 {
 /// their unit tests can give them a tree of their own).
 const SYSFS: &str = "/sys";
 
-/// The lock that serving processes hold around their attach (see
-/// [`AttachLock`]): in /run where it exists (root's runtime directory), else
-/// in the temporary directory.
-fn attach_lock_path() -> std::path::PathBuf {
-    let run = std::path::Path::new("/run");
-    let dir = if run.is_dir() { run.to_path_buf() } else { std::env::temp_dir() };
-    dir.join("vhost-kernel-test.attach.lock")
-}
+/// The abstract unix socket name that stands for the attach lock.
+const ATTACH_LOCK_NAME: &[u8] = b"vhost-kernel-test.attach-lock";
 
-/// An exclusive flock(2) held by a serving process from just before its
+/// A lock held by a serving process from just before its
 /// VKTEST_ATTACH_VHOST until it has read /sys/bus/vdpa again, so that the
 /// one vdpa device that appears meanwhile is its own.
 ///
@@ -245,28 +239,58 @@ fn attach_lock_path() -> std::path::PathBuf {
 /// name) the best is: the device that appeared during our own attach, with
 /// the attaches of all serving processes serialised. The race that remains:
 /// an attach by a process that does not take this lock (another program,
-/// the harness's own attach checks or fuzzer) during ours; then two devices
-/// appear and serve fails saying so, rather than guess.
+/// the harness's own attach checks or fuzzer, a serve in another network
+/// namespace) during ours; then two devices appear and serve fails saying
+/// so, rather than guess.
+///
+/// The lock is a listening abstract unix socket (the test kernel has no
+/// CONFIG_FILE_LOCKING, so no flock): whoever binds the name holds it, and
+/// the kernel frees the name when the holder closes it or dies. A waiter
+/// connects to the holder and waits for the hang-up of that connection.
 struct AttachLock {
-    /// Held, not read: the lock lives as long as this open file.
-    _file: nix::fcntl::Flock<std::fs::File>,
+    /// Held, not read: the lock lives as long as this socket.
+    _socket: std::os::fd::OwnedFd,
 }
 
 impl AttachLock {
-    fn take() -> Result<Self> {
-        use nix::fcntl::{Flock, FlockArg};
-        let path = attach_lock_path();
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("open the attach lock {}", path.display()))?;
+    fn take(limit: Duration) -> Result<Self> {
+        use nix::errno::Errno;
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use nix::sys::socket::{bind, connect, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+        use std::os::fd::AsRawFd;
+        let what = "the attach lock (abstract unix socket @vhost-kernel-test.attach-lock)";
+        let addr = UnixAddr::new_abstract(ATTACH_LOCK_NAME).with_context(|| format!("address of {what}"))?;
+        let unix = || {
+            socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+                .with_context(|| format!("socket for {what}"))
+        };
+        let deadline = std::time::Instant::now() + limit;
         loop {
-            match Flock::lock(f, FlockArg::LockExclusive) {
-                Ok(held) => return Ok(AttachLock { _file: held }),
-                Err((back, nix::errno::Errno::EINTR)) => f = back,
-                Err((_, e)) => return Err(e).with_context(|| format!("flock({}, LOCK_EX)", path.display())),
+            let s = unix()?;
+            match bind(s.as_raw_fd(), &addr) {
+                Ok(()) => {
+                    listen(&s, Backlog::new(64).context("backlog")?).with_context(|| format!("listen on {what}"))?;
+                    return Ok(AttachLock { _socket: s });
+                }
+                Err(Errno::EADDRINUSE) => {}
+                Err(e) => return Err(e).with_context(|| format!("bind {what}")),
+            }
+            let c = unix()?;
+            match connect(c.as_raw_fd(), &addr) {
+                // The holder's close hangs up our pending connection.
+                Ok(()) => {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+                    let mut fds = [PollFd::new(c.as_fd(), PollFlags::POLLIN)];
+                    match poll(&mut fds, PollTimeout::from(ms)) {
+                        Ok(0) => bail!("{what} still held by another process after {:.0}s", limit.as_secs_f64()),
+                        Ok(_) | Err(Errno::EINTR) => {}
+                        Err(e) => return Err(e).with_context(|| format!("poll on {what}")),
+                    }
+                }
+                // Released between our bind and connect.
+                Err(Errno::ECONNREFUSED) | Err(Errno::EINTR) => {}
+                Err(e) => return Err(e).with_context(|| format!("connect to {what}")),
             }
         }
     }
@@ -332,7 +356,7 @@ async fn bring_up(opts: &ServeOpts) -> Result<(Rig, Interfaces)> {
     let rig = prepare_rig(opts)?;
     let tap = rig.tap.name().to_string();
     let vdpa = {
-        let _lock = AttachLock::take()?;
+        let _lock = AttachLock::take(opts.timeout)?;
         let before = vdpa_devices(SYSFS)?;
         rig.attach()?;
         our_vdpa(&before, &vdpa_devices(SYSFS)?)?
@@ -572,6 +596,27 @@ mod tests {
         assert!(e.contains("no vdpa device appeared"), "{e}");
         assert!(interfaces_of_vdpa(sys, "vdpa7").unwrap().is_empty());
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn the_attach_lock_is_held_until_its_holder_lets_go() {
+        use std::sync::mpsc::channel;
+        let held = AttachLock::take(Duration::from_secs(10)).unwrap();
+        let (tx, rx) = channel();
+        let waiter = std::thread::spawn(move || {
+            let got = AttachLock::take(Duration::from_secs(10));
+            tx.send(got.is_ok()).unwrap();
+            got
+        });
+        // While held, the other taker waits (this bounded wait must run out).
+        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err(), "lock taken twice");
+        drop(held);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(true));
+        let second = waiter.join().unwrap().unwrap();
+        // A holder that does not let go makes the next taker fail in time.
+        let e = AttachLock::take(Duration::from_millis(100)).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("still held by another process"), "{e}");
+        drop(second);
     }
 
     #[test]
