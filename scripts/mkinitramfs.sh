@@ -1,11 +1,15 @@
 #!/bin/bash
 # Build the test initramfs.
 #
-# usage: scripts/mkinitramfs.sh [--extra FILE]... HARNESS_BINARY OUT.cpio.gz
+# usage: scripts/mkinitramfs.sh [--extra FILE]... [--extra-lib FILE]...
+#                               HARNESS_BINARY OUT.cpio.gz
 #
 # Contents: /bin/busybox (busybox-static) with a symlink per applet, the
 # static harness at /bin/vhost-kernel-test (HARNESS_BINARY "-": none), each
-# --extra FILE (a static binary or a script) at /bin/<its name>, and /init
+# --extra FILE (a static binary or a script; a dynamic one when libraries
+# are given) at /bin/<its name>, each --extra-lib FILE (a shared library of
+# a dynamic --extra) at /lib/x86_64-linux-gnu/<its name> (the loader also at
+# /lib64/<its name>, where executables look for it), and /init
 # (scripts/guest-init.sh), which reads from the kernel command line:
 #   vkt.mode=run|exec|shell
 #                        run the harness (default); exec: run the command in
@@ -84,11 +88,28 @@ install_harness() {
 	install -m 0755 "$harness" "$root/bin/vhost-kernel-test"
 }
 
-# An --extra file at /bin/<name>.
+# An --extra file at /bin/<name>; $3 = 1: libraries were given, so a
+# dynamic executable may go in too.
 install_extra() {
-	local root="$1" f="$2"
-	check_static "$f" || true
+	local root="$1" f="$2" libs="${3:-0}"
+	if [ "$libs" -eq 1 ]; then
+		[ -f "$f" ] || die "$f not found"
+	else
+		check_static "$f" || true
+	fi
 	install -m 0755 "$f" "$root/bin/$(basename "$f")"
+}
+
+# An --extra-lib file at /lib/x86_64-linux-gnu/<name>; the program
+# loader (ld-linux*) also at /lib64/<name>, the path executables name.
+install_lib() {
+	local root="$1" f="$2" name
+	[ -f "$f" ] || die "library $f not found"
+	name="$(basename "$f")"
+	install -D -m 0755 "$f" "$root/lib/x86_64-linux-gnu/$name"
+	case "$name" in
+	ld-linux*) install -D -m 0755 "$f" "$root/lib64/$name" ;;
+	esac
 }
 
 make_skeleton() {
@@ -116,10 +137,11 @@ pack() {
 }
 
 main() {
-	local extras=() f
+	local extras=() libs=() f
 	while [ $# -gt 0 ]; do
 		case "$1" in
 		--extra) extras+=("${2:?--extra needs a file}"); shift ;;
+		--extra-lib) libs+=("${2:?--extra-lib needs a file}"); shift ;;
 		-h | --help) usage 2 ;;
 		*) break ;;
 		esac
@@ -134,7 +156,10 @@ main() {
 	install_busybox "$root"
 	install_harness "$root" "$harness"
 	for f in "${extras[@]}"; do
-		install_extra "$root" "$f"
+		install_extra "$root" "$f" "$(("${#libs[@]}" > 0))"
+	done
+	for f in "${libs[@]}"; do
+		install_lib "$root" "$f"
 	done
 	install_init "$root"
 	pack "$root" "$out"

@@ -5,8 +5,13 @@
 //!
 //! Like the real pair, both interfaces vanish when the serving process
 //! exits, and "closing vktest" (SIGUSR1) removes only the g2h interface.
+//! The bridge stands for vhost-net with its h2g TAP: what stands for the
+//! /dev/vhost-net-kernel fd is a duplicate of the h2g TAP's fd, held by the
+//! pair while the bridge thread, like vktest holding the vhost device,
+//! keeps its own. "Closing vhost" (SIGUSR2) closes that duplicate: traffic
+//! goes on, as on the real pair.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -26,6 +31,8 @@ const CMD_STOP: u64 = 2;
 pub struct FakePair {
     pub h2g: String,
     pub g2h: String,
+    /// The stand-in for the /dev/vhost-net-kernel fd (a dup of h2g's fd).
+    vhost: Option<OwnedFd>,
     cmd: Arc<EventFd>,
     thread: Option<JoinHandle<Result<()>>>,
 }
@@ -34,6 +41,7 @@ impl FakePair {
     pub fn start() -> Result<Self> {
         let h2g = Tap::create(TAP_TEMPLATE, false)?;
         let g2h = Tap::create(FAKE_G2H_TEMPLATE, false)?;
+        let vhost = h2g.as_fd().try_clone_to_owned().with_context(|| format!("dup the fd of TAP {}", h2g.name()))?;
         let cmd = Arc::new(EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC).context("eventfd")?);
         let (h2g_name, g2h_name) = (h2g.name().to_string(), g2h.name().to_string());
         let c = cmd.clone();
@@ -41,7 +49,20 @@ impl FakePair {
             .name("fake-bridge".into())
             .spawn(move || bridge(h2g, Some(g2h), &c))
             .context("spawn fake bridge thread")?;
-        Ok(FakePair { h2g: h2g_name, g2h: g2h_name, cmd, thread: Some(thread) })
+        Ok(FakePair { h2g: h2g_name, g2h: g2h_name, vhost: Some(vhost), cmd, thread: Some(thread) })
+    }
+
+    /// What closing /dev/vhost-net-kernel does to the real pair: the fd
+    /// goes, the device stays (vktest holds it). Closes the duplicate of
+    /// h2g's fd and says what it closed; None if it was closed already.
+    pub fn close_vhost(&mut self) -> Option<String> {
+        let fd = self.vhost.take()?;
+        let n = fd.as_raw_fd();
+        drop(fd);
+        Some(format!(
+            "closed fd {n}, the fake's /dev/vhost-net-kernel (a dup of TAP {}'s fd); the bridge keeps its own",
+            self.h2g
+        ))
     }
 
     /// What closing /dev/vktest does to the real pair: g2h goes away.

@@ -47,6 +47,8 @@ Examples:
   vhost-kernel-test ping --netns g2h --iface eth0 --dst fe80:: --flood --duration 10
   vhost-kernel-test bench                    # vhost vs veth: TCP, UDP RR, ICMPv6 rtt
   vhost-kernel-test bench --features offloads --json
+  vhost_kernel_test [--serve]                # the RFC selftest program's command line (also
+      under our name): no arguments runs `attach`; --serve is `serve` (SIGUSR1: close /dev/vktest)
 
 Exit status of run/attach/fuzz: 0 all passed (some skips allowed), 1 a test failed,
 4 everything skipped, 130/143 interrupted by SIGINT/SIGTERM. bench: 0 measured,
@@ -195,8 +197,55 @@ struct ServeCli {
 const SERVE_ABOUT: &str =
     "Set up vhost-net-kernel + vktest + TAP, attach, print the interfaces, hold until SIGTERM/SIGINT.";
 
-/// The command line; `serve` takes the short way ([`ServeCli`]).
+/// The RFC selftest program's name: installed (or linked) under it, this
+/// binary takes that program's command line.
+const RFC_NAME: &str = "vhost_kernel_test";
+
+/// What the RFC's `vhost_kernel_test` program was asked to do.
+#[derive(Debug, PartialEq, Eq)]
+enum RfcCall {
+    /// No arguments: the attach sanity check, its verdict as exit status.
+    AttachCheck,
+    /// `--serve`: set up, attach, hold until killed; SIGUSR1 closes /dev/vktest.
+    Serve,
+}
+
+/// The RFC program's command line, if `args` (argv[0] first) is one: no
+/// arguments, or `--serve`. Under the RFC's name the options are read the
+/// way its getopt_long_only() did (one or two dashes, any prefix of
+/// "serve", repeated or not); under our own name only `--serve` itself.
+fn rfc_call(args: &[std::ffi::OsString]) -> Option<RfcCall> {
+    let rest = args.get(1..).unwrap_or_default();
+    if rest.is_empty() {
+        return Some(RfcCall::AttachCheck);
+    }
+    let rfc_name = args.first().and_then(|a| std::path::Path::new(a).file_name()).is_some_and(|n| n == RFC_NAME);
+    let is_serve = |a: &std::ffi::OsString| {
+        let a = a.to_string_lossy();
+        if !rfc_name {
+            return a == "--serve";
+        }
+        let opt = a.strip_prefix("--").or_else(|| a.strip_prefix('-')).unwrap_or("");
+        !opt.is_empty() && "serve".starts_with(opt)
+    };
+    if (rfc_name || rest.len() == 1) && rest.iter().all(is_serve) {
+        return Some(RfcCall::Serve);
+    }
+    None
+}
+
+/// The command line; `serve` takes the short way ([`ServeCli`]), the RFC
+/// program's command line ([`rfc_call`]) maps onto `attach` and `serve`.
 fn parse_cli() -> Cli {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match rfc_call(&args) {
+        Some(RfcCall::AttachCheck) => return Cli { cmd: Cmd::Attach },
+        Some(RfcCall::Serve) => {
+            let serve = ServeCli::parse_from([RFC_NAME]);
+            return Cli { cmd: Cmd::Serve(serve.args) };
+        }
+        None => {}
+    }
     if std::env::args_os().nth(1).is_some_and(|a| a == "serve") {
         let serve = ServeCli::parse_from(std::env::args_os().skip(1));
         return Cli { cmd: Cmd::Serve(serve.args) };
@@ -520,4 +569,41 @@ fn main() -> ExitCode {
     // Do not wait for background threads (floods, kmsg reader) to notice.
     rt.shutdown_background();
     ExitCode::from(code as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(args: &[&str]) -> Option<RfcCall> {
+        rfc_call(&args.iter().map(std::ffi::OsString::from).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn the_rfc_programs_command_line_is_accepted() {
+        // What the RFC's shell script runs, under our name and under its own.
+        for exe in ["vhost-kernel-test", "./vhost_kernel_test", "/usr/bin/vhost_kernel_test"] {
+            assert_eq!(call(&[exe]), Some(RfcCall::AttachCheck), "{exe}");
+            assert_eq!(call(&[exe, "--serve"]), Some(RfcCall::Serve), "{exe}");
+        }
+        // getopt_long_only(): one dash, prefixes, repeats, only under the RFC's name.
+        for a in [&["-serve"][..], &["-s"], &["--ser"], &["--serve", "-serve"]] {
+            let args: Vec<&str> = std::iter::once("./vhost_kernel_test").chain(a.iter().copied()).collect();
+            assert_eq!(call(&args), Some(RfcCall::Serve), "{a:?}");
+            let args: Vec<&str> = std::iter::once("vhost-kernel-test").chain(a.iter().copied()).collect();
+            assert_eq!(call(&args), None, "{a:?}");
+        }
+        // Everything else is our own command line.
+        for a in [&["serve"][..], &["run", "--test", "teardown_exit"], &["--servex"], &["-"], &["--"], &["--help"]] {
+            let args: Vec<&str> = std::iter::once("./vhost_kernel_test").chain(a.iter().copied()).collect();
+            assert_eq!(call(&args), None, "{a:?}");
+        }
+    }
+
+    #[test]
+    fn the_rfc_serve_is_our_serve_with_its_defaults() {
+        let rfc = ServeCli::parse_from([RFC_NAME]).args;
+        assert!(!rfc.json && !rfc.vhost_hdr && !rfc.fake_device && rfc.features.is_rfc());
+        assert!(rfc.tap_offloads.is_none() && rfc.close_order == CloseOrder::VhostFirst);
+    }
 }

@@ -214,45 +214,164 @@ pub fn monotonic_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// Names of the interfaces of the current namespace.
-fn interface_names() -> Result<HashSet<String>> {
-    let dir = std::fs::read_dir("/sys/class/net").context("read /sys/class/net")?;
-    Ok(dir.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+/// Where sysfs is mounted (a parameter of the selection functions so that
+/// their unit tests can give them a tree of their own).
+const SYSFS: &str = "/sys";
+
+/// The abstract unix socket name that stands for the attach lock.
+const ATTACH_LOCK_NAME: &[u8] = b"vhost-kernel-test.attach-lock";
+
+/// A lock held by a serving process from just before its
+/// VKTEST_ATTACH_VHOST until it has read /sys/bus/vdpa again, so that the
+/// one vdpa device that appears meanwhile is its own.
+///
+/// Why a lock: nothing in the kernel interface says which vdpa device a
+/// /dev/vktest fd created. vktest names it at open (`vdpaN`, the vdpa
+/// core's index) but registers it only in VKTEST_ATTACH_VHOST, and neither
+/// its ioctls, its sysfs attributes nor /proc/self/fdinfo of the fd give
+/// the name. Without a kernel ABI change (an ioctl or fdinfo line with the
+/// name) the best is: the device that appeared during our own attach, with
+/// the attaches of all serving processes serialised. The race that remains:
+/// an attach by a process that does not take this lock (another program,
+/// the harness's own attach checks or fuzzer, a serve in another network
+/// namespace) during ours; then two devices appear and serve fails saying
+/// so, rather than guess.
+///
+/// The lock is a listening abstract unix socket (the test kernel has no
+/// CONFIG_FILE_LOCKING, so no flock): whoever binds the name holds it, and
+/// the kernel frees the name when the holder closes it or dies. A waiter
+/// connects to the holder and waits for the hang-up of that connection.
+struct AttachLock {
+    /// Held, not read: the lock lives as long as this socket.
+    _socket: std::os::fd::OwnedFd,
+}
+
+impl AttachLock {
+    fn take(limit: Duration) -> Result<Self> {
+        use nix::errno::Errno;
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use nix::sys::socket::{bind, connect, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+        use std::os::fd::AsRawFd;
+        let what = "the attach lock (abstract unix socket @vhost-kernel-test.attach-lock)";
+        let addr = UnixAddr::new_abstract(ATTACH_LOCK_NAME).with_context(|| format!("address of {what}"))?;
+        let unix = || {
+            socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+                .with_context(|| format!("socket for {what}"))
+        };
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let s = unix()?;
+            match bind(s.as_raw_fd(), &addr) {
+                Ok(()) => {
+                    listen(&s, Backlog::new(64).context("backlog")?).with_context(|| format!("listen on {what}"))?;
+                    return Ok(AttachLock { _socket: s });
+                }
+                Err(Errno::EADDRINUSE) => {}
+                Err(e) => return Err(e).with_context(|| format!("bind {what}")),
+            }
+            let c = unix()?;
+            match connect(c.as_raw_fd(), &addr) {
+                // The holder's close hangs up our pending connection.
+                Ok(()) => {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+                    let mut fds = [PollFd::new(c.as_fd(), PollFlags::POLLIN)];
+                    match poll(&mut fds, PollTimeout::from(ms)) {
+                        Ok(0) => bail!("{what} still held by another process after {:.0}s", limit.as_secs_f64()),
+                        Ok(_) | Err(Errno::EINTR) => {}
+                        Err(e) => return Err(e).with_context(|| format!("poll on {what}")),
+                    }
+                }
+                // Released between our bind and connect.
+                Err(Errno::ECONNREFUSED) | Err(Errno::EINTR) => {}
+                Err(e) => return Err(e).with_context(|| format!("connect to {what}")),
+            }
+        }
+    }
+}
+
+/// Names of the entries of `dir` (an empty set if it does not exist).
+fn dir_names(dir: &std::path::Path) -> Result<HashSet<String>> {
+    match std::fs::read_dir(dir) {
+        Ok(d) => Ok(d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashSet::new()),
+        Err(e) => Err(e).with_context(|| format!("read {}", dir.display())),
+    }
+}
+
+/// The vdpa devices registered now (`/sys/bus/vdpa/devices`).
+fn vdpa_devices(sys: &str) -> Result<HashSet<String>> {
+    dir_names(&std::path::Path::new(sys).join("bus/vdpa/devices"))
+}
+
+/// The one vdpa device in `after` that is not in `before`: ours, read under
+/// the [`AttachLock`]. None or several is an error naming them.
+fn our_vdpa(before: &HashSet<String>, after: &HashSet<String>) -> Result<String> {
+    let mut new: Vec<&String> = after.difference(before).collect();
+    new.sort();
+    match new.as_slice() {
+        [one] => Ok(one.to_string()),
+        [] => bail!("no vdpa device appeared in /sys/bus/vdpa/devices during VKTEST_ATTACH_VHOST"),
+        _ => bail!(
+            "vdpa devices {new:?} all appeared during our VKTEST_ATTACH_VHOST (an attach by a process \
+             that does not take the attach lock?): cannot tell which one is ours"
+        ),
+    }
+}
+
+/// The vdpa device above interface `name`: its `device` is a virtio device
+/// whose parent is the vdpa device (/sys/devices/vdpaN/virtioM). None for
+/// any other interface.
+fn vdpa_of_interface(sys: &str, name: &str) -> Option<String> {
+    let virtio = std::fs::canonicalize(format!("{sys}/class/net/{name}/device")).ok()?;
+    let is_virtio = virtio.file_name()?.to_string_lossy().starts_with("virtio");
+    let vdpa = virtio.parent()?.file_name()?.to_string_lossy().into_owned();
+    (is_virtio && vdpa.starts_with("vdpa")).then_some(vdpa)
+}
+
+/// The network interfaces under vdpa device `vdpa`: the `net/` entries of
+/// its virtio children (/sys/bus/vdpa/devices/vdpaN/virtioM/net/NAME).
+fn interfaces_of_vdpa(sys: &str, vdpa: &str) -> Result<Vec<String>> {
+    let dev = std::path::Path::new(sys).join("bus/vdpa/devices").join(vdpa);
+    let mut out = Vec::new();
+    for child in dir_names(&dev)? {
+        if child.starts_with("virtio") {
+            out.extend(dir_names(&dev.join(&child).join("net"))?);
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// Set everything up and attach; returns the rig and the interfaces.
 async fn bring_up(opts: &ServeOpts) -> Result<(Rig, Interfaces)> {
     // Subscribe before anything is created, so no link event is missed.
     let mut watcher = LinkWatcher::new(None)?;
-    // The spec's "names that did not exist before serving". /sys/class/net
-    // costs a directory read, a netlink dump several ms of guest time.
-    let known = interface_names()?;
     let rig = prepare_rig(opts)?;
     let tap = rig.tap.name().to_string();
-    rig.attach()?;
-    let is_g2h = |name: &str| {
-        !known.contains(name)
-            && name != tap
-            && !name.starts_with("vhostkernel")
-            && virtio_device_of(name).map(|d| d.starts_with("virtio")).unwrap_or(false)
+    let vdpa = {
+        let _lock = AttachLock::take(opts.timeout)?;
+        let before = vdpa_devices(SYSFS)?;
+        rig.attach()?;
+        our_vdpa(&before, &vdpa_devices(SYSFS)?)?
     };
     // virtio-net probes within VKTEST_ATTACH_VHOST, so the interface is
-    // normally there already; reading its event back would cost ~10 ms of
-    // guest time in netlink parsing. The events decide when it is not
-    // (or when another attach raced with ours).
-    let now: Vec<String> = interface_names()?.into_iter().filter(|n| is_g2h(n)).collect();
-    let g2h = match now.as_slice() {
+    // normally there already (reading its event back would cost ~10 ms of
+    // guest time in netlink parsing); otherwise the link event of an
+    // interface under our vdpa device decides.
+    let g2h = match interfaces_of_vdpa(SYSFS, &vdpa)?.as_slice() {
         [name] => Link { index: if_index(name)?, name: name.clone() },
-        _ => {
+        [] => {
             watcher
                 .wait_new_link(
                     &HashSet::new(),
-                    |l| is_g2h(&l.name),
+                    |l| vdpa_of_interface(SYSFS, &l.name).as_deref() == Some(vdpa.as_str()),
                     opts.timeout,
-                    "the virtio-net interface to appear after VKTEST_ATTACH_VHOST",
+                    &format!("the virtio-net interface of {vdpa} to appear after VKTEST_ATTACH_VHOST"),
                 )
                 .await?
         }
+        several => bail!("{vdpa} has several network interfaces: {several:?}"),
     };
     let ifs = Interfaces {
         serve_start_ns: 0,
@@ -351,7 +470,7 @@ pub async fn serve(opts: &ServeOpts) -> Result<()> {
             drop(tap);
             drop(efds);
         }
-        Held::Fake(fake) => {
+        Held::Fake(mut fake) => {
             loop {
                 tokio::select! {
                     _ = term.recv() => break,
@@ -363,8 +482,10 @@ pub async fn serve(opts: &ServeOpts) -> Result<()> {
                     }
                     _ = usr2.recv() => {
                         // Like the real pair: the device stays while "vktest" holds it.
-                        eprintln!("SIGUSR2: fake pair has no vhost fd, interfaces kept");
-                        say(&closed_line(VHOST_NET_KERNEL_PATH, opts.json))?;
+                        if let Some(what) = fake.close_vhost() {
+                            eprintln!("SIGUSR2: {what}");
+                            say(&closed_line(VHOST_NET_KERNEL_PATH, opts.json))?;
+                        }
                     }
                 }
             }
@@ -415,6 +536,81 @@ mod tests {
         let e = prepare_rig(&hdr).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("--vhost-hdr with checksum/TSO features (offloads)"), "{e}");
         assert!("all".parse::<TapOffloads>().is_err());
+    }
+
+    /// A sysfs-shaped tree as the kernel lays it out: two vktest vdpa
+    /// devices with a virtio-net interface each (two serves attached at
+    /// once), a virtio-net interface of a PCI virtio device and a TAP.
+    fn sysfs_tree() -> std::path::PathBuf {
+        use std::os::unix::fs::symlink;
+        let root = std::env::temp_dir().join(format!("vkt-sysfs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let mk = |p: &str| std::fs::create_dir_all(root.join(p)).unwrap();
+        let ln = |target: &str, at: &str| symlink(target, root.join(at)).unwrap();
+        mk("bus/vdpa/devices");
+        mk("class/net");
+        mk("devices/virtual/net/vhostkernel0");
+        ln("../../devices/virtual/net/vhostkernel0", "class/net/vhostkernel0");
+        for (parent, virtio, eth) in
+            [("vdpa0", "virtio0", "eth0"), ("vdpa1", "virtio1", "eth1"), ("pci0000:00/0000:00:03.0", "virtio2", "eth2")]
+        {
+            mk(&format!("devices/{parent}/{virtio}/net/{eth}"));
+            ln(&format!("../../../{virtio}"), &format!("devices/{parent}/{virtio}/net/{eth}/device"));
+            let up = "../".repeat(2);
+            ln(&format!("{up}devices/{parent}/{virtio}/net/{eth}"), &format!("class/net/{eth}"));
+            if parent.starts_with("vdpa") {
+                ln(&format!("../../../devices/{parent}"), &format!("bus/vdpa/devices/{parent}"));
+            }
+        }
+        root
+    }
+
+    #[test]
+    fn the_interface_is_the_one_under_our_vdpa_device() {
+        let root = sysfs_tree();
+        let sys = root.to_str().unwrap();
+        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<HashSet<String>>();
+        assert_eq!(vdpa_devices(sys).unwrap(), set(&["vdpa0", "vdpa1"]));
+        // vdpa0 was there before our attach (another serve's), vdpa1 came with it.
+        let ours = our_vdpa(&set(&["vdpa0"]), &vdpa_devices(sys).unwrap()).unwrap();
+        assert_eq!(ours, "vdpa1");
+        // Both are new virtio-net interfaces; only eth1 is under our device.
+        assert_eq!(interfaces_of_vdpa(sys, &ours).unwrap(), ["eth1"]);
+        assert_eq!(interfaces_of_vdpa(sys, "vdpa0").unwrap(), ["eth0"]);
+        assert_eq!(vdpa_of_interface(sys, "eth1").as_deref(), Some("vdpa1"));
+        assert_eq!(vdpa_of_interface(sys, "eth0").as_deref(), Some("vdpa0"));
+        // Not vdpa: a PCI virtio-net interface, a TAP, a missing one.
+        for name in ["eth2", "vhostkernel0", "nosuch"] {
+            assert_eq!(vdpa_of_interface(sys, name), None, "{name}");
+        }
+        // Two devices appearing during one attach: refuse to guess.
+        let e = our_vdpa(&set(&[]), &vdpa_devices(sys).unwrap()).unwrap_err().to_string();
+        assert!(e.contains("[\"vdpa0\", \"vdpa1\"]") && e.contains("cannot tell"), "{e}");
+        let e = our_vdpa(&set(&["vdpa0", "vdpa1"]), &vdpa_devices(sys).unwrap()).unwrap_err().to_string();
+        assert!(e.contains("no vdpa device appeared"), "{e}");
+        assert!(interfaces_of_vdpa(sys, "vdpa7").unwrap().is_empty());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn the_attach_lock_is_held_until_its_holder_lets_go() {
+        use std::sync::mpsc::channel;
+        let held = AttachLock::take(Duration::from_secs(10)).unwrap();
+        let (tx, rx) = channel();
+        let waiter = std::thread::spawn(move || {
+            let got = AttachLock::take(Duration::from_secs(10));
+            tx.send(got.is_ok()).unwrap();
+            got
+        });
+        // While held, the other taker waits (this bounded wait must run out).
+        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err(), "lock taken twice");
+        drop(held);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(true));
+        let second = waiter.join().unwrap().unwrap();
+        // A holder that does not let go makes the next taker fail in time.
+        let e = AttachLock::take(Duration::from_millis(100)).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("still held by another process"), "{e}");
+        drop(second);
     }
 
     #[test]

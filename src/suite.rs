@@ -280,6 +280,10 @@ impl ServeChild {
         cmd.arg("serve").arg("--json").arg("--timeout").arg(limit.as_secs().max(1).to_string());
         cmd.args(extra);
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true).process_group(0);
+        let parent = nix::unistd::getpid();
+        // SAFETY: the hook runs between fork and exec, where only
+        // async-signal-safe calls are allowed: prctl and getppid only.
+        unsafe { cmd.pre_exec(move || die_with_parent(parent)) };
         let mut child = cmd.spawn().with_context(|| format!("spawn {exe} serve"))?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("serve child has no stdout"))?;
         let stderr = child.stderr.take().ok_or_else(|| anyhow!("serve child has no stderr"))?;
@@ -395,6 +399,23 @@ impl ServeChild {
             let _ = timeout(limit, self.child.wait()).await;
         }
     }
+}
+
+/// In the forked child before exec: be SIGKILLed when the parent dies, so
+/// that a SIGKILLed `run` does not leave its serving child holding the
+/// devices and interfaces (its own process group spares it the parent's
+/// group signals). The signal comes when the thread that forked exits: the
+/// runtime's thread, which lives as long as the process. If the parent
+/// died before the prctl, no signal will come: fail the exec instead.
+fn die_with_parent(parent: nix::unistd::Pid) -> std::io::Result<()> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes integers and touches no memory of ours.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if nix::unistd::getppid() != parent {
+        return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    Ok(())
 }
 
 /// How long dropping a still running [`ServeChild`] waits for it to die.
@@ -1170,6 +1191,13 @@ pub(crate) fn report_not_run<W: std::io::Write>(
     }
 }
 
+/// First diagnostic of a `--fake-device` run.
+pub const FAKE_DEVICE_NOTE: &str = "fake device: two TAPs bridged in user space stand in for \
+/dev/vhost-net-kernel + /dev/vktest; no kernel feature is tested (result names end in _fake_device)";
+
+/// Suffix of every result name of a `--fake-device` run.
+pub const FAKE_DEVICE_SUFFIX: &str = "_fake_device";
+
 /// What every run does before its first test point: say why nothing can run,
 /// remove stale namespaces, start the kernel log monitor.
 fn prepare_run<W: std::io::Write>(
@@ -1177,6 +1205,10 @@ fn prepare_run<W: std::io::Write>(
     opts: &RunOpts,
     k: &mut Ktap<W>,
 ) -> std::result::Result<Option<KmsgMonitor>, NotRun> {
+    if opts.fake_device {
+        k.diag(FAKE_DEVICE_NOTE);
+        k.mark_names(FAKE_DEVICE_SUFFIX);
+    }
     if let Some(reason) = skip_reason().filter(|_| !opts.fake_device) {
         return Err(NotRun::Skip(reason));
     }

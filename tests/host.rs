@@ -227,16 +227,21 @@ fn run_fake_device_passes_traffic_and_teardowns_and_cleans_up() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.starts_with("KTAP version 1\n1..5\n"), "{text}");
+    // Every result says that no kernel was tested.
+    assert!(text.starts_with("KTAP version 1\n1..5\n# fake device: "), "{text}");
     for l in [
-        "ok 1 teardown_exit",
-        "ok 2 teardown_close_vktest_first",
-        "ok 4 cleanup_no_leftovers",
-        "ok 5 kernel_log_between_points",
+        "ok 1 teardown_exit_fake_device",
+        "ok 2 teardown_close_vktest_first_fake_device",
+        "ok 4 cleanup_no_leftovers_fake_device",
+        "ok 5 kernel_log_between_points_fake_device",
     ] {
         assert!(text.lines().any(|x| x == l), "missing {l:?} in\n{text}");
     }
-    assert!(text.contains("ok 3 teardown_unbind # SKIP"), "{text}");
+    assert!(text.contains("ok 3 teardown_unbind_fake_device # SKIP"), "{text}");
+    assert!(text
+        .lines()
+        .filter(|l| l.starts_with("ok ") || l.starts_with("not ok "))
+        .all(|l| l.contains("_fake_device")));
     assert!(text.contains("# h2g -> g2h: 10 transmitted, 10 received, 0.0% loss"), "{text}");
     assert!(text.contains("# serve: SIGUSR1: removed fake g2h interface"), "{text}");
     assert!(!netns::exists(&format!("{p}h2g")) && !netns::exists(&format!("{p}g2h")));
@@ -285,11 +290,16 @@ fn run_repeat_nests_each_pass_as_a_ktap_subtest() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
     // Each pass ends with its own kernel_log_between_points.
-    assert!(text.starts_with("KTAP version 1\n1..2\n    KTAP version 1\n    1..4\n"), "{text}");
+    assert!(text.starts_with("KTAP version 1\n1..2\n# fake device: "), "{text}");
+    assert!(text.contains("\n    KTAP version 1\n    1..4\n"), "{text}");
     for it in 1..=2 {
-        assert!(text.lines().any(|l| l == format!("ok {it} iteration-{it}")), "{text}");
+        assert!(text.lines().any(|l| l == format!("ok {it} iteration-{it}_fake_device")), "{text}");
     }
-    for l in ["    ok 2 teardown_exit", "    ok 3 cleanup_no_leftovers", "    ok 4 kernel_log_between_points"] {
+    for l in [
+        "    ok 2 teardown_exit_fake_device",
+        "    ok 3 cleanup_no_leftovers_fake_device",
+        "    ok 4 kernel_log_between_points_fake_device",
+    ] {
         assert_eq!(text.lines().filter(|x| x == &l).count(), 2, "{l:?} twice in\n{text}");
     }
     assert_eq!(text.lines().filter(|l| l.starts_with("    # serve: h2g=")).count(), 2, "{text}");
@@ -313,12 +323,17 @@ fn run_fake_device_race_scenarios() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    for l in ["ok 1 teardown_close_vhost_first", "ok 2 teardown_close_both_reverse", "ok 3 teardown_sigkill_mid_flood"]
-    {
+    for l in [
+        "ok 1 teardown_close_vhost_first_fake_device",
+        "ok 2 teardown_close_both_reverse_fake_device",
+        "ok 3 teardown_sigkill_mid_flood_fake_device",
+    ] {
         assert!(text.lines().any(|x| x == l), "missing {l:?} in\n{text}");
     }
-    assert!(text.contains("ok 4 teardown_rebind_repeated # SKIP"), "{text}");
-    assert!(text.contains("ok 5 attach_close_loop # SKIP"), "{text}");
+    assert!(text.contains("ok 4 teardown_rebind_repeated_fake_device # SKIP"), "{text}");
+    assert!(text.contains("ok 5 attach_close_loop_fake_device # SKIP"), "{text}");
+    // SIGUSR2 closed the fake's stand-in for the vhost fd, and says so.
+    assert!(text.contains("# serve: SIGUSR2: closed fd "), "{text}");
     assert!(text.contains("# vhost fd closed: both floods got 20 more replies"), "{text}");
     assert!(!netns::exists(&format!("{p}h2g")) && !netns::exists(&format!("{p}g2h")));
 }
@@ -422,7 +437,8 @@ fn stale_namespace_of_the_run_is_removed_and_said() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
     // The kernel log is watched: the pass ends with kernel_log_between_points.
-    assert!(text.starts_with(&format!("KTAP version 1\n1..2\n# removed stale namespace {p}g2h\n")), "{text}");
+    assert!(text.starts_with("KTAP version 1\n1..2\n# fake device: "), "{text}");
+    assert!(text.contains(&format!("\n# removed stale namespace {p}g2h\n")), "{text}");
     assert!(!netns::exists(&format!("{p}g2h")));
 }
 
@@ -532,4 +548,107 @@ fn fuzz_without_the_devices_skips_and_prints_its_seed() {
     assert!(text.starts_with("KTAP version 1\n1..4\n# seed: 42\n"), "{text}");
     assert_eq!(text.matches(" # SKIP ").count(), 4, "{text}");
     assert!(text.contains("ok 4 kernel_log_between_points # SKIP "), "{text}");
+}
+
+/// Interfaces named vkfake*/vhostkernel* in namespace `ns` (None: the
+/// current one); a namespace that does not exist has none.
+fn fake_or_vhost_links(ns: Option<&str>) -> Vec<String> {
+    let mut cmd = Command::new("ip");
+    if let Some(ns) = ns {
+        cmd.args(["-n", ns]);
+    }
+    let Ok(o) = cmd.args(["-o", "link", "show"]).output() else { return Vec::new() };
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1).map(|n| n.split('@').next().unwrap_or(n).to_string()))
+        .filter(|n| n.starts_with("vkfake") || n.starts_with("vhostkernel"))
+        .collect()
+}
+
+/// The children of process `pid` (all its threads' /proc children lists).
+fn children_of(pid: u32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        out.extend(kids.split_whitespace().filter_map(|k| k.parse::<i32>().ok()));
+    }
+    out
+}
+
+/// Wait (poll on a pidfd, at most `limit`) for process `pid` to exit.
+fn exits_within(pid: i32, limit: Duration) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        // ESRCH: already gone (and reaped).
+        return std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+    }
+    // SAFETY: `fd` was just returned by pidfd_open and is owned by nobody else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+    let ms = u16::try_from(limit.as_millis()).unwrap_or(u16::MAX);
+    matches!(poll(&mut fds, PollTimeout::from(ms)), Ok(n) if n > 0)
+}
+
+#[test]
+#[ignore = "needs root"]
+fn sigkilled_run_takes_its_serve_child_along() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::ExitStatusExt;
+    let _g = FAKE_RUNS.lock().unwrap_or_else(|p| p.into_inner());
+    let p = format!("{}-", tag("sk"));
+    let exe = env!("CARGO_BIN_EXE_vhost-kernel-test");
+    let mut run = Command::new(exe)
+        .args(["run", "--fake-device", "--progress", "--timeout", "10", "--ns-prefix", &p, "--test", "teardown_exit"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(run.stdout.take().unwrap()).lines();
+    // The serving child is up (its interface line parsed) once this is out.
+    let mut seen = Vec::new();
+    for l in lines.by_ref() {
+        let l = l.unwrap();
+        seen.push(l.clone());
+        if l.starts_with("# serve: h2g=") {
+            break;
+        }
+    }
+    assert!(seen.last().is_some_and(|l| l.starts_with("# serve: h2g=")), "{seen:?}");
+    let serve: Vec<i32> = children_of(run.id())
+        .into_iter()
+        .filter(|c| {
+            std::fs::read(format!("/proc/{c}/cmdline")).unwrap_or_default().split(|&b| b == 0).nth(1) == Some(b"serve")
+        })
+        .collect();
+    assert_eq!(serve.len(), 1, "serve children of the run: {serve:?}");
+    let serve = serve[0];
+    kill(Pid::from_raw(run.id() as i32), Signal::SIGKILL).unwrap();
+    assert_eq!(run.wait().unwrap().signal(), Some(libc::SIGKILL));
+    let gone = exits_within(serve, T);
+    if !gone {
+        // Do not leave it behind for the other tests.
+        let _ = kill(Pid::from_raw(serve), Signal::SIGKILL);
+        exits_within(serve, T);
+    }
+    assert!(gone, "serve child {serve} still running {T:?} after its parent `run` was SIGKILLed");
+    // Its interfaces died with it, wherever they were.
+    for ns in [None, Some(format!("{p}h2g")), Some(format!("{p}g2h"))] {
+        let left = fake_or_vhost_links(ns.as_deref());
+        assert!(left.is_empty(), "interfaces left in {ns:?} after the SIGKILLed run: {left:?}");
+    }
+    // The namespaces stay (nobody ran the cleanup): the next run removes them and says so.
+    let out = Command::new(exe)
+        .args(["run", "--fake-device", "--timeout", "10", "--ns-prefix", &p, "--test", "teardown_exit"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for ns in ["h2g", "g2h"] {
+        assert!(text.contains(&format!("# removed stale namespace {p}{ns}\n")), "{text}");
+    }
+    assert!(!netns::exists(&format!("{p}h2g")) && !netns::exists(&format!("{p}g2h")));
 }

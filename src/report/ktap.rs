@@ -19,6 +19,8 @@ pub struct Ktap<W: Write> {
     out: W,
     /// Prefix of every line: empty at the top level, four spaces per nesting level.
     indent: String,
+    /// Appended to every result's name (see [`Ktap::mark_names`]).
+    suffix: String,
     next: usize,
     pass: usize,
     fail: usize,
@@ -27,7 +29,7 @@ pub struct Ktap<W: Write> {
 
 impl<W: Write> Ktap<W> {
     pub fn new(out: W) -> Self {
-        Ktap { out, indent: String::new(), next: 1, pass: 0, fail: 0, skip: 0 }
+        Ktap { out, indent: String::new(), suffix: String::new(), next: 1, pass: 0, fail: 0, skip: 0 }
     }
 
     /// A subtest writer on the same output (KTAP v1 nesting: every line
@@ -36,7 +38,14 @@ impl<W: Write> Ktap<W> {
     /// [`Ktap::result`] and [`Ktap::outcome`] once it is done.
     pub fn nested(&mut self) -> Ktap<&mut W> {
         let indent = format!("{}    ", self.indent);
-        Ktap { out: &mut self.out, indent, next: 1, pass: 0, fail: 0, skip: 0 }
+        Ktap { out: &mut self.out, indent, suffix: self.suffix.clone(), next: 1, pass: 0, fail: 0, skip: 0 }
+    }
+
+    /// Append `suffix` to the name of every result from now on, in nested
+    /// writers too (e.g. `_fake_device`: results that tested no kernel must
+    /// not read like results that did).
+    pub fn mark_names(&mut self, suffix: &str) {
+        self.suffix = suffix.to_string();
     }
 
     fn line(&mut self, s: &str) {
@@ -64,6 +73,7 @@ impl<W: Write> Ktap<W> {
     }
 
     pub fn result(&mut self, name: &str, outcome: &Outcome) {
+        let name = format!("{name}{}", self.suffix);
         let n = self.next;
         self.next += 1;
         let s = match outcome {
