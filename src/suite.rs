@@ -60,6 +60,32 @@ pub fn all_tests() -> Vec<&'static str> {
     ATTACH_TESTS.iter().chain(SCENARIO_TESTS).chain(RACE_TESTS).copied().collect()
 }
 
+/// What `run --list` prints: every point `run` may report, the leak check
+/// and the kernel-log check included.
+pub fn list() -> Vec<&'static str> {
+    let mut all = all_tests();
+    all.extend([LEAK_CHECK, BETWEEN_POINTS]);
+    all
+}
+
+/// The points `run --test NAME...` selects (all of them without a name), in
+/// KTAP order; under a kmemleak kernel every pass ends with the leak check.
+pub fn select(names: &[String], fake_device: bool) -> Result<Vec<&'static str>> {
+    let all = list();
+    for t in names {
+        anyhow::ensure!(all.contains(&t.as_str()), "unknown test {t:?} (see --list)");
+    }
+    let mut selected: Vec<&str> = if names.is_empty() {
+        all.into_iter().filter(|t| *t != LEAK_CHECK).collect()
+    } else {
+        all.into_iter().filter(|a| names.iter().any(|t| t == a)).collect()
+    };
+    if kmemleak_unavailable().is_none() && !fake_device && !selected.contains(&LEAK_CHECK) {
+        selected.push(LEAK_CHECK);
+    }
+    Ok(selected)
+}
+
 #[derive(Debug, Clone)]
 pub struct RunOpts {
     /// Prefix of the namespace names (`<prefix>h2g`, `<prefix>g2h`).
