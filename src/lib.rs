@@ -32,7 +32,6 @@
 
 pub mod attach;
 pub mod bench;
-pub mod fake;
 pub mod fuzz;
 pub mod net;
 pub mod races;
@@ -44,6 +43,7 @@ pub mod sys;
 // Transitional: the modules' old paths, while the tree is being reshaped.
 pub use net::icmp;
 pub use report::ktap;
+pub use serve::fake;
 pub use sys::{ioctl, kmsg, netns, tap, vhost, vktest};
 
 /// The errno at the root of an error chain, if any.

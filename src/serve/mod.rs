@@ -1,12 +1,14 @@
 //! `serve`: the RFC's --serve flow. Sets up vhost-net-kernel + vktest + TAP,
 //! attaches, reports the two new interfaces, and holds them until a signal.
 
+pub mod fake;
+
 use std::collections::HashSet;
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::attach::{open_and_wire, Rig};
@@ -152,17 +154,19 @@ pub fn prepare_rig(opts: &ServeOpts) -> Result<Rig> {
 }
 
 /// The two interfaces the serve flow created.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Interfaces {
     pub h2g: String,
     pub g2h: String,
     pub h2g_ifindex: u32,
     pub g2h_ifindex: u32,
     /// The virtio device under the g2h interface (e.g. "virtio0"), empty if unknown.
+    #[serde(default)]
     pub g2h_device: String,
     /// CLOCK_MONOTONIC (ns) when the serve flow began, before the first
     /// device was opened (0: unknown), so that the parent can time the flow
     /// without the process start.
+    #[serde(default)]
     pub serve_start_ns: u64,
 }
 
@@ -174,36 +178,12 @@ impl Interfaces {
 
     /// `{"h2g":"vhostkernel0","g2h":"eth0","h2g_ifindex":4,"g2h_ifindex":5,"g2h_device":"virtio0","serve_start_ns":N}`
     pub fn json_line(&self) -> String {
-        format!(
-            "{{\"h2g\":\"{}\",\"g2h\":\"{}\",\"h2g_ifindex\":{},\"g2h_ifindex\":{},\"g2h_device\":\"{}\",\"serve_start_ns\":{}}}",
-            self.h2g, self.g2h, self.h2g_ifindex, self.g2h_ifindex, self.g2h_device, self.serve_start_ns
-        )
+        serde_json::to_string(self).expect("a struct of strings and integers always serialises")
     }
 
-    /// Parse what `json_line` prints (flat object of strings and integers;
-    /// interface and device names never need escaping).
+    /// Parse what `json_line` prints.
     pub fn parse_json(line: &str) -> Result<Self> {
-        let body = line
-            .trim()
-            .strip_prefix('{')
-            .and_then(|s| s.strip_suffix('}'))
-            .ok_or_else(|| anyhow!("not a JSON object: {line:?}"))?;
-        let mut get = std::collections::HashMap::new();
-        for field in body.split(',') {
-            let (k, v) = field.split_once(':').ok_or_else(|| anyhow!("bad field {field:?} in {line:?}"))?;
-            get.insert(k.trim().trim_matches('"').to_string(), v.trim().trim_matches('"').to_string());
-        }
-        let s = |k: &str| get.get(k).cloned().ok_or_else(|| anyhow!("missing {k} in {line:?}"));
-        let n = |k: &str| -> Result<u32> { s(k)?.parse().with_context(|| format!("{k} in {line:?}")) };
-        let n64 = |k: &str| -> Result<u64> { s(k)?.parse().with_context(|| format!("{k} in {line:?}")) };
-        Ok(Interfaces {
-            h2g: s("h2g")?,
-            g2h: s("g2h")?,
-            h2g_ifindex: n("h2g_ifindex")?,
-            g2h_ifindex: n("g2h_ifindex")?,
-            g2h_device: s("g2h_device").unwrap_or_default(),
-            serve_start_ns: n64("serve_start_ns").unwrap_or(0),
-        })
+        serde_json::from_str(line.trim()).with_context(|| format!("serve's interface line {line:?}"))
     }
 }
 
