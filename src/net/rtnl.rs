@@ -355,16 +355,8 @@ impl Landing {
     }
 }
 
-/// The virtio device behind a network interface, from
-/// /sys/class/net/IF/device (e.g. "virtio1"), read in the current namespace.
-pub fn virtio_device_of(ifname: &str) -> Result<String> {
-    let p = format!("/sys/class/net/{ifname}/device");
-    let target = std::fs::read_link(&p).with_context(|| format!("readlink {p}"))?;
-    target
-        .file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .ok_or_else(|| anyhow!("{p} points to {}", target.display()))
-}
+// Transitional: the old path.
+pub use crate::sys::virtio::virtio_device_of;
 
 /// ifindex of `name` in the namespace of the calling thread.
 pub fn if_index(name: &str) -> Result<u32> {

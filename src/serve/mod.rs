@@ -14,7 +14,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::attach::{open_and_wire, Rig};
 use crate::fake::FakePair;
 use crate::ioctl::VHOST_NET_F_VIRTIO_NET_HDR;
-use crate::net::{if_index, virtio_device_of, Link, LinkWatcher};
+use crate::net::{if_index, Link, LinkWatcher};
+use crate::sys::virtio::{interfaces_of_vdpa, vdpa_devices, vdpa_of_interface, virtio_device_of, SYSFS};
 use crate::tap::{derived_offloads, Tap, TAP_OFFLOADS, TAP_TEMPLATE};
 use crate::vhost::{FeatureSet, RX_QUEUE, TX_QUEUE, VHOST_NET_BITS, VHOST_NET_KERNEL_PATH};
 use crate::vktest::VKTEST_PATH;
@@ -194,10 +195,6 @@ pub fn monotonic_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// Where sysfs is mounted (a parameter of the selection functions so that
-/// their unit tests can give them a tree of their own).
-const SYSFS: &str = "/sys";
-
 /// The abstract unix socket name that stands for the attach lock.
 const ATTACH_LOCK_NAME: &[u8] = b"vhost-kernel-test.attach-lock";
 
@@ -270,20 +267,6 @@ impl AttachLock {
     }
 }
 
-/// Names of the entries of `dir` (an empty set if it does not exist).
-fn dir_names(dir: &std::path::Path) -> Result<HashSet<String>> {
-    match std::fs::read_dir(dir) {
-        Ok(d) => Ok(d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashSet::new()),
-        Err(e) => Err(e).with_context(|| format!("read {}", dir.display())),
-    }
-}
-
-/// The vdpa devices registered now (`/sys/bus/vdpa/devices`).
-fn vdpa_devices(sys: &str) -> Result<HashSet<String>> {
-    dir_names(&std::path::Path::new(sys).join("bus/vdpa/devices"))
-}
-
 /// The one vdpa device in `after` that is not in `before`: ours, read under
 /// the [`AttachLock`]. None or several is an error naming them.
 fn our_vdpa(before: &HashSet<String>, after: &HashSet<String>) -> Result<String> {
@@ -297,30 +280,6 @@ fn our_vdpa(before: &HashSet<String>, after: &HashSet<String>) -> Result<String>
              that does not take the attach lock?): cannot tell which one is ours"
         ),
     }
-}
-
-/// The vdpa device above interface `name`: its `device` is a virtio device
-/// whose parent is the vdpa device (/sys/devices/vdpaN/virtioM). None for
-/// any other interface.
-fn vdpa_of_interface(sys: &str, name: &str) -> Option<String> {
-    let virtio = std::fs::canonicalize(format!("{sys}/class/net/{name}/device")).ok()?;
-    let is_virtio = virtio.file_name()?.to_string_lossy().starts_with("virtio");
-    let vdpa = virtio.parent()?.file_name()?.to_string_lossy().into_owned();
-    (is_virtio && vdpa.starts_with("vdpa")).then_some(vdpa)
-}
-
-/// The network interfaces under vdpa device `vdpa`: the `net/` entries of
-/// its virtio children (/sys/bus/vdpa/devices/vdpaN/virtioM/net/NAME).
-fn interfaces_of_vdpa(sys: &str, vdpa: &str) -> Result<Vec<String>> {
-    let dev = std::path::Path::new(sys).join("bus/vdpa/devices").join(vdpa);
-    let mut out = Vec::new();
-    for child in dir_names(&dev)? {
-        if child.starts_with("virtio") {
-            out.extend(dir_names(&dev.join(&child).join("net"))?);
-        }
-    }
-    out.sort();
-    Ok(out)
 }
 
 /// Set everything up and attach; returns the rig and the interfaces.

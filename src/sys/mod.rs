@@ -8,6 +8,8 @@
 //! - [`vktest`]: `/dev/vktest`, the vDPA loopback device;
 //! - [`tap`]: the TAP backend;
 //! - [`netns`]: named network namespaces, as `ip netns` makes them;
+//! - [`virtio`]: virtio and vDPA devices in sysfs (which interface is ours,
+//!   what was negotiated);
 //! - [`kmsg`]: the kernel log (`/dev/kmsg`) and kmemleak.
 
 pub mod ioctl;
@@ -15,4 +17,5 @@ pub mod kmsg;
 pub mod netns;
 pub mod tap;
 pub mod vhost;
+pub mod virtio;
 pub mod vktest;

@@ -364,20 +364,8 @@ impl std::fmt::Display for FeatureSet {
     }
 }
 
-/// Parse a virtio device's `features` sysfs attribute: one '0'/'1' per bit,
-/// bit 0 first (only the first 64 bits are kept).
-pub fn parse_sysfs_features(s: &str) -> Result<u64> {
-    let s = s.trim();
-    anyhow::ensure!(!s.is_empty() && s.bytes().all(|c| c == b'0' || c == b'1'), "not a feature bit string: {s:?}");
-    Ok(s.bytes().take(64).enumerate().filter(|(_, c)| *c == b'1').fold(0, |acc, (i, _)| acc | 1u64 << i))
-}
-
-/// Features the driver negotiated on virtio device `dev` (e.g. "virtio0").
-pub fn virtio_negotiated_features(dev: &str) -> Result<u64> {
-    let p = format!("/sys/bus/virtio/devices/{dev}/features");
-    let s = std::fs::read_to_string(&p).with_context(|| format!("read {p}"))?;
-    parse_sysfs_features(&s).with_context(|| format!("parse {p}"))
-}
+// Transitional: the old paths.
+pub use super::virtio::{parse_sysfs_features, virtio_negotiated_features};
 
 #[cfg(test)]
 mod tests {
