@@ -68,12 +68,14 @@ closed fds, -1), the refused ioctls, VKTEST_SET_FEATURES, VKTEST_ATTACH_VHOST
 in random order (also after attach), NULL arguments, ioctls of the other
 node, and now and then the valid serve wiring so that attaches succeed.
 
-Every result must be one the interface allows for that call (a table in
-src/fuzz.rs): an unexpected errno, a success where the call must fail, or a
-kernel report fails the phase, with a replay line. KTAP: one test point per
-phase (fuzz_phase_K); a phase starts from nothing and ends by closing all
-and checking that no interface, vdpa device or fd is left. The seed is the
-first diagnostic line. Exit: 0 pass, 1 fail, 4 devices (or root) missing.";
+Each call has exactly one right result, given the state of the fds it
+involves (owner set, IOTLB, eventfds set, attached, peer closed), which a
+model follows from the results so far (the table in src/fuzz.rs): any
+other result, or a kernel report, fails the phase, with a replay line and
+that state. KTAP: one test point per phase (fuzz_phase_K); a phase starts
+from nothing and ends by closing all and checking that no interface, vdpa
+device or fd is left. The seed is the first diagnostic line. Exit: 0 pass,
+1 fail, 4 devices (or root) missing.";
 
 const BENCH_ABOUT: &str = "\
 Benchmark the kernel-buffer vhost path against a veth pair (same kernel, same

@@ -1,8 +1,8 @@
 //! `fuzz`: random but valid-shaped sequences of the ioctls of
-//! /dev/vhost-net-kernel and /dev/vktest. Every errno seen must be one the
-//! interface allows for that call ([`expect`]); any other, a success where
-//! the call must fail, a kernel report, or anything left behind after a
-//! phase fails the run.
+//! /dev/vhost-net-kernel and /dev/vktest. Each call has exactly one right
+//! result in the state its objects are in ([`Model`], which follows every
+//! call's result); any other result, a kernel report, or anything left
+//! behind after a phase fails the run.
 //!
 //! The run is split into phases (one KTAP test point each). A phase starts
 //! from nothing, draws its calls from its own generator (seeded from the
@@ -10,35 +10,31 @@
 //! that no interface, vdpa device or fd is left. A phase can be replayed
 //! alone with `--seed S --phase K --count N`.
 //!
-//! Allowed results per call (from the spec and the 6.12 code paths; "must
-//! fail" means success is a bug):
+//! The state of a vhost fd (V): owned (SET_OWNER succeeded), IOTLB (the last
+//! successful SET_FEATURES had ACCESS_PLATFORM), attached (taken over by a
+//! vktest: for good, also after that vktest or V's own fd is closed). Of a
+//! vktest fd (K): kick and call set per queue (eventfd, not -1), attached
+//! (to the fd it was given; until K is closed, also once that fd is closed).
+//! The result of each call, the conditions in the order the kernel checks
+//! them (kernel-patches/0002-0004 and the 6.12 code they call), first match:
 //!
-//! | call | target | allowed errnos | may succeed |
-//! |---|---|---|---|
-//! | VHOST_SET_OWNER | vhost | EBUSY (owned), EPERM (attached) | yes |
-//! | VHOST_GET_FEATURES | vhost | EPERM | yes |
-//! | VHOST_SET_FEATURES, bits outside vhost-net's or LOG_ALL | vhost | EOPNOTSUPP, EPERM | no |
-//! | VHOST_SET_FEATURES, other bits | vhost | EPERM, EFAULT (no IOTLB memory) | yes |
-//! | VHOST_SET_VRING_KICK/CALL, index >= 2 | vhost | ENOBUFS, EPERM | no |
-//! | VHOST_SET_VRING_KICK/CALL, eventfd or -1 | vhost | EPERM | yes |
-//! | VHOST_SET_VRING_KICK/CALL, closed fd | vhost | EBADF, EPERM | no |
-//! | VHOST_SET_VRING_KICK/CALL, other fd | vhost | EINVAL, EPERM | no |
-//! | VHOST_NET_SET_BACKEND, index >= 2 | vhost | ENOBUFS, EPERM | no |
-//! | VHOST_NET_SET_BACKEND, TAP or -1 | vhost | EPERM | yes |
-//! | VHOST_NET_SET_BACKEND, other or closed fd | vhost | ENOTSOCK, EPERM | no |
-//! | refused (VRING_NUM/ADDR/BASE/ENDIAN, MEM_TABLE, LOG_BASE/FD) | vhost | EPERM | no |
-//! | VHOST_SET_VRING_KICK/CALL, index >= 2 | vktest | EINVAL | no |
-//! | VHOST_SET_VRING_KICK/CALL, eventfd or -1 | vktest | EBUSY (attached) | yes |
-//! | VHOST_SET_VRING_KICK/CALL, closed fd | vktest | EBADF | no |
-//! | VHOST_SET_VRING_KICK/CALL, other fd | vktest | EINVAL | no |
-//! | VKTEST_SET_FEATURES, invalid set | vktest | EINVAL, ENOTTY (RFC) | no |
-//! | VKTEST_SET_FEATURES, valid set | vktest | EBUSY, ENOTTY (RFC) | yes |
-//! | VKTEST_ATTACH_VHOST, closed fd or -1 | vktest | EBADF, EBUSY, EINVAL | no |
-//! | VKTEST_ATTACH_VHOST, not a -kernel vhost | vktest | EINVAL, EBUSY | no |
-//! | VKTEST_ATTACH_VHOST, -kernel vhost | vktest | EINVAL, EBUSY, EPERM | yes |
-//! | pointer ioctl with a NULL argument | vhost | EFAULT, EPERM | no |
-//! | pointer ioctl with a NULL argument | vktest | EFAULT, ENOTTY (RFC, SET_FEATURES) | no |
-//! | an ioctl of the other node | any | ENOTTY, EINVAL, EFAULT, ENOBUFS, EPERM, EBADFD | no |
+//! | call | conditions, in order -> result |
+//! |---|---|
+//! | refused on V (VRING_NUM/ADDR/BASE/ENDIAN, MEM_TABLE, LOG_BASE/FD) | EPERM |
+//! | any other ioctl on V | V attached -> EPERM, then as below |
+//! | VHOST_SET_OWNER | owned -> EBUSY; ok |
+//! | VHOST_GET_FEATURES | ok (no owner needed) |
+//! | VHOST_SET_FEATURES | LOG_ALL or bits outside VHOST_NET_FEATURES -> EOPNOTSUPP; ok |
+//! | VHOST_SET_VRING_KICK/CALL on V | not owned -> EPERM; index >= 2 -> ENOBUFS; closed fd -> EBADF; not an eventfd (nor -1) -> EINVAL; ok |
+//! | VHOST_NET_SET_BACKEND | not owned -> EPERM; index >= 2 -> ENOBUFS; not a TAP (nor -1) -> ENOTSOCK; ok |
+//! | NULL argument on V | KICK and not owned -> EPERM; EFAULT |
+//! | vktest ioctl on V | not owned -> EPERM; ATTACH (arg 700) -> EFAULT; ENOTTY |
+//! | VHOST_SET_VRING_KICK/CALL on K | index >= 2 -> EINVAL; closed fd -> EBADF; not an eventfd (nor -1) -> EINVAL; K attached -> EBUSY; ok |
+//! | VKTEST_SET_FEATURES | invalid set -> EINVAL; K attached -> EBUSY; ok |
+//! | VKTEST_ATTACH_VHOST fd | K attached -> EBUSY; a kick or call missing -> EINVAL; closed fd or -1 -> EBADF; not a -kernel vhost -> EINVAL; V not owned -> EPERM; V attached -> EBUSY; no IOTLB -> EINVAL; ok |
+//! | NULL argument on K | EFAULT |
+//! | vhost ioctl on K, eventfd, /dev/null | ENOTTY |
+//! | ioctl of either node on a TAP | EINVAL |
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -235,35 +231,24 @@ impl fmt::Display for Op {
     }
 }
 
-/// What a call may return.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Expect {
-    pub may_succeed: bool,
-    pub errnos: &'static [Errno],
+/// The one result the interface gives for a call in the state the model knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    Success,
+    Fail(Errno),
 }
 
 impl Expect {
-    const fn ok_or(errnos: &'static [Errno]) -> Self {
-        Expect { may_succeed: true, errnos }
-    }
-    const fn fail(errnos: &'static [Errno]) -> Self {
-        Expect { may_succeed: false, errnos }
-    }
-
-    /// None if `res` is allowed, else what is wrong.
-    pub fn judge(&self, res: Result<(), Errno>) -> Option<String> {
-        let allowed = || {
-            let mut v: Vec<String> = self.errnos.iter().map(|e| format!("{e:?}")).collect();
-            if self.may_succeed {
-                v.insert(0, "success".into());
+    /// None if `res` is the expected result, else what is wrong.
+    pub fn judge(self, res: Result<(), Errno>) -> Option<String> {
+        match (self, res) {
+            (Expect::Success, Ok(())) => None,
+            (Expect::Fail(want), Err(e)) if e == want => None,
+            (Expect::Fail(want), Ok(())) => Some(format!("succeeded, but must fail with {want:?}")),
+            (Expect::Success, Err(e)) => Some(format!("failed with {e:?} ({}), but must succeed", e.desc())),
+            (Expect::Fail(want), Err(e)) => {
+                Some(format!("failed with {e:?} ({}), but must fail with {want:?}", e.desc()))
             }
-            v.join(", ")
-        };
-        match res {
-            Ok(()) if self.may_succeed => None,
-            Ok(()) => Some(format!("succeeded, but must fail with one of: {}", allowed())),
-            Err(e) if self.errnos.contains(&e) => None,
-            Err(e) => Some(format!("failed with {e:?} ({}), allowed: {}", e.desc(), allowed())),
         }
     }
 }
@@ -293,70 +278,334 @@ pub fn vktest_features_valid(bits: u64) -> bool {
         || bits & guest_tso != 0 && bits & VIRTIO_NET_F_GUEST_CSUM == 0)
 }
 
-/// The allowed results of `op` (see the table in the module documentation).
-pub fn expect(op: &Op) -> Expect {
-    use Errno::*;
-    let kind = |a: &FdArg| match a {
-        FdArg::Obj(k, _, _) => Some(*k),
+/// What the model knows of one /dev/vhost-net-kernel device.
+///
+/// Its kick, call and backend per queue are not kept: no answer depends on
+/// them (vhost_dev_get() does not look at them, SET_BACKEND replaces a
+/// recorded socket, SET_VRING_KICK/CALL replace an eventfd).
+#[derive(Debug, Clone, Default)]
+struct VhostState {
+    /// VHOST_SET_OWNER succeeded (one process here: we are the owner).
+    owned: bool,
+    /// The last successful VHOST_SET_FEATURES had ACCESS_PLATFORM: the device
+    /// has its IOTLB (a later one without it clears the IOTLB again).
+    iotlb: bool,
+    /// Taken over by this vktest (kernel_attached): every ioctl is EPERM from
+    /// then on, for the life of the device, also once that vktest is closed.
+    attached_to: Option<u32>,
+    /// Our fd is closed (a vktest that took it over still holds the file).
+    closed: bool,
+}
+
+/// What the model knows of one /dev/vktest device.
+///
+/// Its VKTEST_SET_FEATURES bits are not kept: no ioctl's answer depends on
+/// them (only what virtio-net negotiates after the attach).
+#[derive(Debug, Clone, Default)]
+struct VktestState {
+    /// An eventfd is set as the kick / call of queue 0 and 1.
+    kick: [bool; 2],
+    call: [bool; 2],
+    /// The fd it attached (vt->vhost): kept until this vktest is closed, also
+    /// when the vhost fd is closed (vktest holds the vhost's file).
+    attached: Option<FdArg>,
+    closed: bool,
+}
+
+/// The oracle: the state of every object of a phase, from the results of
+/// the calls so far, and from it the one result the next call must have.
+///
+/// The answers and the order of the checks are those of the series
+/// (kernel-patches/0002-0004: vhost_kernel_ioctl_check, vhost_dev_get,
+/// vhost_net_kernel_ioctl, vktest_ioctl) and of the 6.12 code they call
+/// (vhost_net_ioctl, vhost_dev_ioctl, vhost_vring_ioctl, eventfd_fget,
+/// get_socket, tun's ioctl); the module documentation has the table.
+/// Objects appear at their first use (ids are never reused in a phase).
+#[derive(Debug, Clone, Default)]
+pub struct Model {
+    vhosts: BTreeMap<u32, VhostState>,
+    vktests: BTreeMap<u32, VktestState>,
+}
+
+fn obj_id(a: FdArg) -> Option<u32> {
+    match a {
+        FdArg::Obj(_, _, id) => Some(id),
         _ => None,
-    };
-    match op {
-        Op::Open(_) | Op::Close(_) => Expect::ok_or(&[]),
-        Op::SetOwner(_) => Expect::ok_or(&[EBUSY, EPERM]),
-        Op::GetFeatures(_) => Expect::ok_or(&[EPERM]),
-        Op::SetFeatures(_, bits) => {
-            if bits & !VHOST_NET_FEATURES != 0 || bits & VHOST_F_LOG_ALL != 0 {
-                Expect::fail(&[EOPNOTSUPP, EPERM])
-            } else {
-                Expect::ok_or(&[EPERM, EFAULT])
+    }
+}
+
+fn obj_kind(a: FdArg) -> Option<Kind> {
+    match a {
+        FdArg::Obj(k, _, _) => Some(k),
+        _ => None,
+    }
+}
+
+impl Model {
+    fn vhost(&self, a: FdArg) -> VhostState {
+        obj_id(a).and_then(|id| self.vhosts.get(&id)).cloned().unwrap_or_default()
+    }
+
+    fn vktest(&self, a: FdArg) -> VktestState {
+        obj_id(a).and_then(|id| self.vktests.get(&id)).cloned().unwrap_or_default()
+    }
+
+    fn vhost_mut(&mut self, a: FdArg) -> Option<&mut VhostState> {
+        obj_id(a).map(|id| self.vhosts.entry(id).or_default())
+    }
+
+    fn vktest_mut(&mut self, a: FdArg) -> Option<&mut VktestState> {
+        obj_id(a).map(|id| self.vktests.entry(id).or_default())
+    }
+
+    /// The result `op` must have now.
+    pub fn expect(&self, op: &Op) -> Expect {
+        use Errno::*;
+        use Expect::{Fail, Success};
+        let is = |a: &FdArg, k: Kind| obj_kind(*a) == Some(k);
+        match op {
+            Op::Open(_) | Op::Close(_) => Success,
+            // /dev/vhost-net-kernel: vhost_kernel_ioctl_check() refuses the
+            // ring-shaping ioctls, then every ioctl of a taken-over device,
+            // before anything else (argument copy and owner check included).
+            Op::Refused { .. } => Fail(EPERM),
+            Op::SetOwner(t)
+            | Op::GetFeatures(t)
+            | Op::SetFeatures(t, _)
+            | Op::VhostVringFd { target: t, .. }
+            | Op::SetBackend { target: t, .. }
+            | Op::NullArg { target: t, .. }
+            | Op::WrongTarget { target: t, .. }
+                if is(t, Kind::VhostKernel) && self.vhost(*t).attached_to.is_some() =>
+            {
+                Fail(EPERM)
             }
-        }
-        Op::VhostVringFd { index, fd, .. } => match (index, fd) {
-            (2.., _) => Expect::fail(&[ENOBUFS, EPERM]),
-            (_, FdArg::Unbind) => Expect::ok_or(&[EPERM]),
-            (_, FdArg::Closed(_)) => Expect::fail(&[EBADF, EPERM]),
-            (_, a) if kind(a) == Some(Kind::Eventfd) => Expect::ok_or(&[EPERM]),
-            _ => Expect::fail(&[EINVAL, EPERM]),
-        },
-        Op::SetBackend { index, fd, .. } => match (index, fd) {
-            (2.., _) => Expect::fail(&[ENOBUFS, EPERM]),
-            (_, FdArg::Unbind) => Expect::ok_or(&[EPERM]),
-            (_, a) if kind(a) == Some(Kind::Tap) => Expect::ok_or(&[EPERM]),
-            _ => Expect::fail(&[ENOTSOCK, EPERM]),
-        },
-        Op::Refused { .. } => Expect::fail(&[EPERM]),
-        Op::VktestVringFd { index, fd, .. } => match (index, fd) {
-            (2.., _) => Expect::fail(&[EINVAL]),
-            (_, FdArg::Unbind) => Expect::ok_or(&[EBUSY]),
-            (_, FdArg::Closed(_)) => Expect::fail(&[EBADF]),
-            (_, a) if kind(a) == Some(Kind::Eventfd) => Expect::ok_or(&[EBUSY]),
-            _ => Expect::fail(&[EINVAL]),
-        },
-        Op::VktestSetFeatures(_, bits) => {
-            if vktest_features_valid(*bits) {
-                Expect::ok_or(&[EBUSY, ENOTTY])
-            } else {
-                Expect::fail(&[EINVAL, ENOTTY])
-            }
-        }
-        Op::Attach { fd, .. } => match fd {
-            // -1 is no open file either: fget fails (EBADF).
-            FdArg::Closed(_) | FdArg::Unbind => Expect::fail(&[EBADF, EBUSY, EINVAL]),
-            a if kind(a) == Some(Kind::VhostKernel) => Expect::ok_or(&[EINVAL, EBUSY, EPERM]),
-            _ => Expect::fail(&[EINVAL, EBUSY]),
-        },
-        Op::NullArg { target, req } => {
-            if kind(target) == Some(Kind::Vktest) {
-                if *req == ioctl::VKTEST_SET_FEATURES {
-                    Expect::fail(&[EFAULT, ENOTTY])
+            // vhost_net_set_owner: EBUSY if there is an owner.
+            Op::SetOwner(t) => {
+                if self.vhost(*t).owned {
+                    Fail(EBUSY)
                 } else {
-                    Expect::fail(&[EFAULT])
+                    Success
                 }
-            } else {
-                Expect::fail(&[EFAULT, EPERM])
             }
+            // No owner check for the features (as on /dev/vhost-net).
+            Op::GetFeatures(_) => Success,
+            // LOG_ALL is refused by the -kernel node, other bits outside
+            // VHOST_NET_FEATURES by vhost-net: both EOPNOTSUPP. The IOTLB
+            // allocation of ACCESS_PLATFORM (EFAULT if it fails) is a small
+            // GFP_KERNEL one, which does not fail.
+            Op::SetFeatures(_, bits) => {
+                if bits & VHOST_F_LOG_ALL != 0 || bits & !VHOST_NET_FEATURES != 0 {
+                    Fail(EOPNOTSUPP)
+                } else {
+                    Success
+                }
+            }
+            // vhost_dev_ioctl: the owner check, then vhost_vring_ioctl: the
+            // index, then eventfd_fget / eventfd_ctx_fdget: EBADF for no
+            // file, EINVAL for a file that is no eventfd; -1 unbinds.
+            Op::VhostVringFd { target, index, fd, .. } => {
+                if !self.vhost(*target).owned {
+                    Fail(EPERM)
+                } else if *index >= 2 {
+                    Fail(ENOBUFS)
+                } else {
+                    match fd {
+                        FdArg::Unbind => Success,
+                        FdArg::Closed(_) => Fail(EBADF),
+                        a if is(a, Kind::Eventfd) => Success,
+                        _ => Fail(EINVAL),
+                    }
+                }
+            }
+            // vhost_net_kernel_set_backend (after the argument copy): owner,
+            // index, get_socket: -1 is "no backend", a TAP is a socket,
+            // anything else (a closed fd too) ENOTSOCK.
+            Op::SetBackend { target, index, fd } => {
+                if !self.vhost(*target).owned {
+                    Fail(EPERM)
+                } else if *index >= 2 {
+                    Fail(ENOBUFS)
+                } else if *fd == FdArg::Unbind || is(fd, Kind::Tap) {
+                    Success
+                } else {
+                    Fail(ENOTSOCK)
+                }
+            }
+            // vktest_set_vring_fd: argument, index, the eventfd, and only
+            // then (under the lock) an attached vhost.
+            Op::VktestVringFd { target, index, fd, .. } => {
+                if *index >= 2 {
+                    Fail(EINVAL)
+                } else {
+                    match fd {
+                        FdArg::Closed(_) => Fail(EBADF),
+                        a if *a != FdArg::Unbind && !is(a, Kind::Eventfd) => Fail(EINVAL),
+                        _ if self.vktest(*target).attached.is_some() => Fail(EBUSY),
+                        _ => Success,
+                    }
+                }
+            }
+            // vktest_set_features: validity, then an attached vhost.
+            Op::VktestSetFeatures(target, bits) => {
+                if !vktest_features_valid(*bits) {
+                    Fail(EINVAL)
+                } else if self.vktest(*target).attached.is_some() {
+                    Fail(EBUSY)
+                } else {
+                    Success
+                }
+            }
+            // vktest_attach_vhost: this vktest attached (EBUSY), every queue
+            // has a kick and a call (EINVAL), then vhost_dev_get(): fget
+            // (EBADF; -1 too), a -kernel node (EINVAL), the owner check
+            // (EPERM), taken over already (EBUSY), an IOTLB (EINVAL).
+            Op::Attach { target, fd } => {
+                let k = self.vktest(*target);
+                if k.attached.is_some() {
+                    return Fail(EBUSY);
+                }
+                if !(k.kick[0] && k.kick[1] && k.call[0] && k.call[1]) {
+                    return Fail(EINVAL);
+                }
+                match fd {
+                    FdArg::Closed(_) | FdArg::Unbind => Fail(EBADF),
+                    a if is(a, Kind::VhostKernel) => {
+                        let v = self.vhost(*a);
+                        if !v.owned {
+                            Fail(EPERM)
+                        } else if v.attached_to.is_some() {
+                            Fail(EBUSY)
+                        } else if !v.iotlb {
+                            Fail(EINVAL)
+                        } else {
+                            Success
+                        }
+                    }
+                    _ => Fail(EINVAL),
+                }
+            }
+            Op::NullArg { target, req } => {
+                // The vring ioctls check the owner before reading the index;
+                // GET/SET_FEATURES and the -kernel SET_BACKEND copy first.
+                if is(target, Kind::VhostKernel) && *req == ioctl::VHOST_SET_VRING_KICK && !self.vhost(*target).owned {
+                    Fail(EPERM)
+                } else {
+                    Fail(EFAULT)
+                }
+            }
+            Op::WrongTarget { target, req } => match obj_kind(*target) {
+                // vhost_dev_ioctl's owner check, then vhost_vring_ioctl reads
+                // the queue index from the argument: for the attach its value
+                // 700 is no readable address (EFAULT); VKTEST_SET_FEATURES
+                // points at a 0, queue 0, and is then no vring ioctl (ENOTTY).
+                Some(Kind::VhostKernel) => {
+                    if !self.vhost(*target).owned {
+                        Fail(EPERM)
+                    } else if *req == ioctl::VKTEST_ATTACH_VHOST {
+                        Fail(EFAULT)
+                    } else {
+                        Fail(ENOTTY)
+                    }
+                }
+                // tun: an ioctl it does not know, on an attached TAP file.
+                Some(Kind::Tap) => Fail(EINVAL),
+                // vktest: ENOIOCTLCMD; eventfd and /dev/null have no ioctl.
+                _ => Fail(ENOTTY),
+            },
         }
-        Op::WrongTarget { .. } => Expect::fail(&[ENOTTY, EINVAL, EFAULT, ENOBUFS, EPERM, EBADFD]),
+    }
+
+    /// Take in what the kernel did: the state follows the real result (also
+    /// an unexpected one, so that one wrong answer is reported once).
+    pub fn update(&mut self, op: &Op, res: Result<(), Errno>) {
+        match op {
+            Op::Close(a) => match obj_kind(*a) {
+                Some(Kind::VhostKernel) => self.vhost_mut(*a).into_iter().for_each(|v| v.closed = true),
+                Some(Kind::Vktest) => self.vktest_mut(*a).into_iter().for_each(|k| k.closed = true),
+                _ => {}
+            },
+            _ if res.is_err() => {}
+            Op::SetOwner(t) => self.vhost_mut(*t).into_iter().for_each(|v| v.owned = true),
+            Op::SetFeatures(t, bits) => {
+                let iotlb = bits & ioctl::VIRTIO_F_ACCESS_PLATFORM != 0;
+                self.vhost_mut(*t).into_iter().for_each(|v| v.iotlb = iotlb);
+            }
+            Op::VktestVringFd { target, call, index, fd } if *index < 2 => {
+                let set = *fd != FdArg::Unbind;
+                if let Some(k) = self.vktest_mut(*target) {
+                    if *call {
+                        k.call[*index as usize] = set;
+                    } else {
+                        k.kick[*index as usize] = set;
+                    }
+                }
+            }
+            Op::Attach { target, fd } => {
+                if let Some(k) = self.vktest_mut(*target) {
+                    k.attached = Some(*fd);
+                }
+                if obj_kind(*fd) == Some(Kind::VhostKernel) {
+                    let by = obj_id(*target);
+                    self.vhost_mut(*fd).into_iter().for_each(|v| v.attached_to = by);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Judge the result of `op` and take it in: None if it is the one
+    /// expected, else what is wrong, with the state that made the answer.
+    pub fn step(&mut self, op: &Op, res: Result<(), Errno>) -> Option<String> {
+        let why = self.expect(op).judge(res).map(|why| format!("{why} ({})", self.describe(op)));
+        self.update(op, res);
+        why
+    }
+
+    /// The state of the objects `op` involves, for a report.
+    fn describe(&self, op: &Op) -> String {
+        let mut args = vec![];
+        if let Some(t) = op.target() {
+            args.push(t);
+        }
+        match op {
+            Op::Attach { fd, .. } => args.push(*fd),
+            Op::Close(a) => args.push(*a),
+            _ => {}
+        }
+        let parts: Vec<String> = args.into_iter().filter_map(|a| self.state_of(a)).collect();
+        if parts.is_empty() {
+            "no state".into()
+        } else {
+            parts.join("; ")
+        }
+    }
+
+    fn state_of(&self, a: FdArg) -> Option<String> {
+        let FdArg::Obj(kind, _, id) = a else { return None };
+        let mut s = vec![];
+        match kind {
+            Kind::VhostKernel => {
+                let v = self.vhost(a);
+                s.push(if v.owned { "owned" } else { "no owner" }.to_string());
+                s.push(if v.iotlb { "IOTLB" } else { "no IOTLB" }.to_string());
+                if let Some(k) = v.attached_to {
+                    let gone = self.vktests.get(&k).is_some_and(|k| k.closed);
+                    s.push(format!("attached to vktest#{k}{}", if gone { " (closed)" } else { "" }));
+                }
+            }
+            Kind::Vktest => {
+                let k = self.vktest(a);
+                let q = |set: [bool; 2]| format!("{}{}", u8::from(set[0]), u8::from(set[1]));
+                s.push(format!("kick {} call {}", q(k.kick), q(k.call)));
+                if let Some(v) = k.attached {
+                    let gone = obj_id(v).and_then(|id| self.vhosts.get(&id)).is_some_and(|v| v.closed);
+                    s.push(format!("attached to {v}{}", if gone { " (closed)" } else { "" }));
+                }
+            }
+            _ => return None,
+        }
+        Some(format!("{}#{id}: {}", kind.label(), s.join(", ")))
     }
 }
 
@@ -760,6 +1009,7 @@ async fn phase(
     let mut pool = Pool { plain_vhost: node_exists(VHOST_NET_PATH), ..Default::default() };
     let deadline = share.map(|d| Instant::now() + d);
     let mut tally = Tally::default();
+    let mut model = Model::default();
     let mut bad = Vec::new();
     let mut n = 0u64;
     'outer: loop {
@@ -779,7 +1029,7 @@ async fn phase(
                 }
                 Err(e) => *tally.errnos.entry(format!("{e:?}")).or_default() += 1,
             }
-            if let Some(why) = expect(&op).judge(res) {
+            if let Some(why) = model.step(&op, res) {
                 if bad.len() < 10 {
                     diag(format!("unexpected: phase {k} call {n}: {op}: {why}"));
                     diag(format!("replay: vhost-kernel-test fuzz --seed {} --phase {k} --count {n}", opts.seed));
@@ -893,37 +1143,43 @@ mod tests {
 
     #[test]
     fn errno_table() {
-        let v = FdArg::Obj(Kind::VhostKernel, 5, 1);
-        let k = FdArg::Obj(Kind::Vktest, 6, 2);
-        let e = FdArg::Obj(Kind::Eventfd, 7, 3);
-        let tap = FdArg::Obj(Kind::Tap, 8, 4);
+        // A phase's usual state: v owned and wired, k wired, not attached.
+        let (v, k, e, tap) = (V, K, E[0], TAP);
+        let mut m = Model::default();
+        feed(&mut m, &wiring(v, k));
         let vktest_kick = |index, fd| Op::VktestVringFd { target: k, call: false, index, fd };
         // The RFC's out-of-bounds index: must fail with EINVAL, never succeed.
-        assert!(expect(&vktest_kick(2, e)).judge(Ok(())).unwrap().contains("must fail"));
-        assert_eq!(expect(&vktest_kick(2, e)).judge(Err(Errno::EINVAL)), None);
-        assert!(expect(&vktest_kick(u32::MAX, e)).judge(Err(Errno::ENOBUFS)).is_some());
-        assert_eq!(expect(&vktest_kick(1, e)).judge(Ok(())), None);
-        assert_eq!(expect(&vktest_kick(1, FdArg::Closed(900))).judge(Err(Errno::EBADF)), None);
-        assert!(expect(&vktest_kick(1, v)).judge(Ok(())).is_some());
+        assert!(m.expect(&vktest_kick(2, e)).judge(Ok(())).unwrap().contains("must fail"));
+        assert_eq!(m.expect(&vktest_kick(2, e)).judge(Err(Errno::EINVAL)), None);
+        assert!(m.expect(&vktest_kick(u32::MAX, e)).judge(Err(Errno::ENOBUFS)).is_some());
+        assert_eq!(m.expect(&vktest_kick(1, e)).judge(Ok(())), None);
+        assert_eq!(m.expect(&vktest_kick(1, FdArg::Closed(900))).judge(Err(Errno::EBADF)), None);
+        assert!(m.expect(&vktest_kick(1, v)).judge(Ok(())).is_some());
         let refused = Op::Refused { target: v, req: ioctl::VHOST_SET_VRING_NUM, value: 0 };
-        assert_eq!(expect(&refused).judge(Err(Errno::EPERM)), None);
-        assert!(expect(&refused)
-            .judge(Err(Errno::EINVAL))
-            .unwrap()
-            .contains("failed with EINVAL (Invalid argument), allowed: EPERM"));
+        assert_eq!(m.expect(&refused).judge(Err(Errno::EPERM)), None);
+        assert_eq!(
+            m.expect(&refused).judge(Err(Errno::EINVAL)).unwrap(),
+            "failed with EINVAL (Invalid argument), but must fail with EPERM"
+        );
         let backend = |index, fd| Op::SetBackend { target: v, index, fd };
-        assert_eq!(expect(&backend(0, tap)).judge(Ok(())), None);
-        assert_eq!(expect(&backend(0, e)).judge(Err(Errno::ENOTSOCK)), None);
-        assert_eq!(expect(&backend(2, tap)).judge(Err(Errno::ENOBUFS)), None);
+        assert_eq!(m.expect(&backend(0, tap)).judge(Ok(())), None);
+        assert_eq!(m.expect(&backend(0, e)).judge(Err(Errno::ENOTSOCK)), None);
+        assert_eq!(m.expect(&backend(2, tap)).judge(Err(Errno::ENOBUFS)), None);
         let attach = |fd| Op::Attach { target: k, fd };
-        assert_eq!(expect(&attach(v)).judge(Ok(())), None);
-        assert_eq!(expect(&attach(FdArg::Closed(900))).judge(Err(Errno::EBADF)), None);
+        assert_eq!(m.expect(&attach(v)).judge(Ok(())), None);
+        assert_eq!(m.expect(&attach(FdArg::Closed(900))).judge(Err(Errno::EBADF)), None);
         // Found by `fuzz --duration 20 --seed 9`: fd -1 is EBADF, as a closed fd.
-        assert_eq!(expect(&attach(FdArg::Unbind)).judge(Err(Errno::EBADF)), None);
-        assert!(expect(&attach(e)).judge(Ok(())).is_some());
-        assert!(expect(&attach(v)).judge(Err(Errno::ENOMEM)).is_some());
-        assert!(expect(&Op::SetFeatures(v, VHOST_F_LOG_ALL | crate::vhost::RFC_FEATURES)).judge(Ok(())).is_some());
-        assert_eq!(expect(&Op::SetFeatures(v, crate::vhost::RFC_FEATURES)).judge(Ok(())), None);
+        assert_eq!(m.expect(&attach(FdArg::Unbind)).judge(Err(Errno::EBADF)), None);
+        assert!(m.expect(&attach(e)).judge(Ok(())).is_some());
+        assert!(m.expect(&attach(v)).judge(Err(Errno::ENOMEM)).unwrap().contains("must succeed"));
+        let log_all = Op::SetFeatures(v, VHOST_F_LOG_ALL | crate::vhost::RFC_FEATURES);
+        assert!(m.expect(&log_all).judge(Ok(())).is_some());
+        assert_eq!(m.expect(&log_all).judge(Err(Errno::EOPNOTSUPP)), None);
+        assert_eq!(m.expect(&Op::SetFeatures(v, crate::vhost::RFC_FEATURES)).judge(Ok(())), None);
+        // A report names the state that made the answer.
+        let why = m.clone().step(&attach(W), Ok(())).unwrap();
+        assert!(why.contains("must fail with EPERM") && why.contains("no owner, no IOTLB"), "{why}");
+        assert!(why.contains("vktest#2: kick 11 call 11"), "{why}");
         let off = crate::vhost::FeatureSet::offloads().bits;
         assert!(vktest_features_valid(off) && vktest_features_valid(crate::vhost::RFC_FEATURES));
         // 6.12's VHOST_NET_FEATURES, as the kernel has it.
@@ -967,5 +1223,245 @@ mod tests {
         assert_eq!(a, draw(9));
         assert_ne!(a, draw(10));
         assert!(a.iter().any(|o| o == "open vhost-net-kernel"), "{a:?}");
+    }
+    // The objects of the sequence tests: ids as a pool gives them.
+    const V: FdArg = FdArg::Obj(Kind::VhostKernel, 10, 1);
+    const K: FdArg = FdArg::Obj(Kind::Vktest, 11, 2);
+    const E: [FdArg; 4] = [
+        FdArg::Obj(Kind::Eventfd, 12, 3),
+        FdArg::Obj(Kind::Eventfd, 13, 4),
+        FdArg::Obj(Kind::Eventfd, 14, 5),
+        FdArg::Obj(Kind::Eventfd, 15, 6),
+    ];
+    const TAP: FdArg = FdArg::Obj(Kind::Tap, 16, 7);
+    const NULL: FdArg = FdArg::Obj(Kind::DevNull, 17, 8);
+    const W: FdArg = FdArg::Obj(Kind::VhostKernel, 18, 9);
+    const L: FdArg = FdArg::Obj(Kind::Vktest, 19, 10);
+    const PLAIN: FdArg = FdArg::Obj(Kind::VhostPlain, 20, 11);
+
+    /// Every outcome a call of the fuzzer can have.
+    const OUTCOMES: &[Result<(), Errno>] = &[
+        Ok(()),
+        Err(Errno::EPERM),
+        Err(Errno::EBUSY),
+        Err(Errno::EINVAL),
+        Err(Errno::EBADF),
+        Err(Errno::EFAULT),
+        Err(Errno::ENOBUFS),
+        Err(Errno::ENOTSOCK),
+        Err(Errno::EOPNOTSUPP),
+        Err(Errno::ENOTTY),
+        Err(Errno::ENOMEM),
+    ];
+
+    /// Feed the model `(op, outcome)` pairs that must all be judged right.
+    fn feed(m: &mut Model, seq: &[(Op, Result<(), Errno>)]) {
+        for (op, res) in seq {
+            assert_eq!(m.step(op, *res), None, "{op} -> {res:?}");
+        }
+    }
+
+    /// `want` is the one outcome of `op` in the model's state: it passes,
+    /// every other outcome is a violation.
+    #[track_caller]
+    fn only(m: &Model, op: &Op, want: Result<(), Errno>) {
+        assert_eq!(m.expect(op).judge(want), None, "{op}: {want:?} must be accepted");
+        for other in OUTCOMES.iter().filter(|&&o| o != want) {
+            assert!(m.expect(op).judge(*other).is_some(), "{op}: {other:?} accepted, only {want:?} is right");
+        }
+    }
+
+    fn kick(target: FdArg, call: bool, index: u32, fd: FdArg) -> Op {
+        if matches!(target, FdArg::Obj(Kind::Vktest, ..)) {
+            Op::VktestVringFd { target, call, index, fd }
+        } else {
+            Op::VhostVringFd { target, call, index, fd }
+        }
+    }
+
+    /// The serve wiring of `v` and `k` up to (not including) the attach, all succeeding.
+    fn wiring(v: FdArg, k: FdArg) -> Vec<(Op, Result<(), Errno>)> {
+        let mut s = vec![(Op::SetOwner(v), Ok(()))];
+        for q in 0..2u32 {
+            for (call, e) in [(false, E[2 * q as usize]), (true, E[2 * q as usize + 1])] {
+                s.push((kick(v, call, q, e), Ok(())));
+                s.push((kick(k, call, q, e), Ok(())));
+            }
+        }
+        s.push((Op::SetFeatures(v, crate::vhost::RFC_FEATURES), Ok(())));
+        s.push((Op::SetBackend { target: v, index: 0, fd: TAP }, Ok(())));
+        s.push((Op::SetBackend { target: v, index: 1, fd: TAP }, Ok(())));
+        s
+    }
+
+    fn attached(v: FdArg, k: FdArg) -> Model {
+        let mut m = Model::default();
+        feed(&mut m, &wiring(v, k));
+        feed(&mut m, &[(Op::Attach { target: k, fd: v }, Ok(()))]);
+        m
+    }
+
+    #[test]
+    fn after_attach_every_vhost_ioctl_is_eperm() {
+        let m = attached(V, K);
+        let rfc = crate::vhost::RFC_FEATURES;
+        // Issue 13: the stateless oracle accepted this success.
+        assert!(m.expect(&Op::SetFeatures(V, rfc)).judge(Ok(())).unwrap().contains("must fail with EPERM"));
+        for op in [
+            Op::SetFeatures(V, rfc),
+            Op::SetFeatures(V, VHOST_F_LOG_ALL | rfc),
+            Op::SetOwner(V),
+            Op::GetFeatures(V),
+            kick(V, false, 0, E[0]),
+            kick(V, true, 1, FdArg::Unbind),
+            kick(V, false, 7, FdArg::Closed(900)),
+            Op::SetBackend { target: V, index: 0, fd: TAP },
+            Op::SetBackend { target: V, index: 5, fd: NULL },
+            Op::Refused { target: V, req: ioctl::VHOST_SET_VRING_NUM, value: 1 },
+            Op::NullArg { target: V, req: ioctl::VHOST_GET_FEATURES },
+            Op::NullArg { target: V, req: ioctl::VHOST_NET_SET_BACKEND },
+            Op::WrongTarget { target: V, req: ioctl::VKTEST_SET_FEATURES },
+            Op::WrongTarget { target: V, req: ioctl::VKTEST_ATTACH_VHOST },
+        ] {
+            only(&m, &op, Err(Errno::EPERM));
+        }
+        // Still so once the vktest that took it over is closed: never cleared.
+        let mut m = m;
+        feed(&mut m, &[(Op::Close(K), Ok(()))]);
+        only(&m, &Op::SetFeatures(V, rfc), Err(Errno::EPERM));
+        only(&m, &Op::GetFeatures(V), Err(Errno::EPERM));
+    }
+
+    #[test]
+    fn attach_has_one_answer_in_each_state() {
+        let attach = |k, fd| Op::Attach { target: k, fd };
+        let wired = || {
+            let mut m = Model::default();
+            feed(&mut m, &wiring(V, K));
+            m
+        };
+        only(&wired(), &attach(K, V), Ok(()));
+        // A vktest without its eventfds, whatever the fd (checked before the fd).
+        let fresh = Model::default();
+        for fd in [V, FdArg::Closed(900), FdArg::Unbind, E[0], PLAIN] {
+            only(&fresh, &attach(K, fd), Err(Errno::EINVAL));
+        }
+        // One queue's call missing, or unbound again.
+        let mut m = Model::default();
+        let mut s = wiring(V, K);
+        s.retain(|(op, _)| *op != kick(K, true, 1, E[3]));
+        feed(&mut m, &s);
+        only(&m, &attach(K, V), Err(Errno::EINVAL));
+        let mut m = wired();
+        feed(&mut m, &[(kick(K, false, 0, FdArg::Unbind), Ok(()))]);
+        only(&m, &attach(K, V), Err(Errno::EINVAL));
+        // Wired vktest: the fd decides.
+        let m = wired();
+        only(&m, &attach(K, FdArg::Closed(900)), Err(Errno::EBADF));
+        only(&m, &attach(K, FdArg::Unbind), Err(Errno::EBADF));
+        for fd in [E[0], TAP, NULL, PLAIN, K, L] {
+            only(&m, &attach(K, fd), Err(Errno::EINVAL));
+        }
+        // A -kernel vhost without SET_OWNER: the owner check (EPERM), before the IOTLB.
+        only(&m, &attach(K, W), Err(Errno::EPERM));
+        let mut m = wired();
+        feed(&mut m, &[(Op::SetFeatures(W, crate::vhost::RFC_FEATURES), Ok(()))]);
+        only(&m, &attach(K, W), Err(Errno::EPERM));
+        // Owned, but no IOTLB: no features, features without ACCESS_PLATFORM,
+        // or ACCESS_PLATFORM set and then cleared.
+        let mut m = wired();
+        feed(&mut m, &[(Op::SetOwner(W), Ok(()))]);
+        only(&m, &attach(K, W), Err(Errno::EINVAL));
+        feed(&mut m, &[(Op::SetFeatures(W, ioctl::VIRTIO_F_VERSION_1), Ok(()))]);
+        only(&m, &attach(K, W), Err(Errno::EINVAL));
+        feed(&mut m, &[(Op::SetFeatures(W, crate::vhost::RFC_FEATURES), Ok(()))]);
+        only(&m, &attach(K, W), Ok(()));
+        feed(&mut m, &[(Op::SetFeatures(W, ioctl::VIRTIO_F_VERSION_1), Ok(()))]);
+        only(&m, &attach(K, W), Err(Errno::EINVAL));
+        // A failed SET_FEATURES changes nothing.
+        feed(&mut m, &[(Op::SetFeatures(W, crate::vhost::RFC_FEATURES | VHOST_F_LOG_ALL), Err(Errno::EOPNOTSUPP))]);
+        only(&m, &attach(K, W), Err(Errno::EINVAL));
+        // An attached vktest: EBUSY before anything about the fd.
+        let m = attached(V, K);
+        for fd in [V, W, FdArg::Closed(900), E[0]] {
+            only(&m, &attach(K, fd), Err(Errno::EBUSY));
+        }
+        // A vhost attached to another vktest: EBUSY, also once that vktest is closed.
+        let mut m = attached(V, K);
+        let mut s = wiring(V, L);
+        s.retain(|(op, _)| matches!(op, Op::VktestVringFd { .. }));
+        feed(&mut m, &s);
+        only(&m, &attach(L, V), Err(Errno::EBUSY));
+        feed(&mut m, &[(Op::Close(K), Ok(()))]);
+        only(&m, &attach(L, V), Err(Errno::EBUSY));
+    }
+
+    #[test]
+    fn vktest_keeps_its_vhost_after_the_vhost_fd_is_closed() {
+        let mut m = attached(V, K);
+        feed(&mut m, &[(Op::Close(V), Ok(()))]);
+        let rfc = crate::vhost::RFC_FEATURES;
+        // The fd and index are checked before the attached state.
+        only(&m, &kick(K, false, 0, E[1]), Err(Errno::EBUSY));
+        only(&m, &kick(K, true, 1, FdArg::Unbind), Err(Errno::EBUSY));
+        only(&m, &kick(K, false, 1, FdArg::Closed(900)), Err(Errno::EBADF));
+        only(&m, &kick(K, false, 1, TAP), Err(Errno::EINVAL));
+        only(&m, &kick(K, false, 2, E[1]), Err(Errno::EINVAL));
+        only(&m, &Op::VktestSetFeatures(K, rfc), Err(Errno::EBUSY));
+        only(&m, &Op::VktestSetFeatures(K, ioctl::VIRTIO_F_VERSION_1), Err(Errno::EINVAL));
+        only(&m, &Op::NullArg { target: K, req: ioctl::VKTEST_SET_FEATURES }, Err(Errno::EFAULT));
+        only(&m, &Op::Attach { target: K, fd: W }, Err(Errno::EBUSY));
+        only(&m, &Op::WrongTarget { target: K, req: ioctl::VHOST_SET_OWNER }, Err(Errno::ENOTTY));
+        // Before any attach the same calls succeed.
+        let m = Model::default();
+        only(&m, &kick(K, false, 0, E[1]), Ok(()));
+        only(&m, &Op::VktestSetFeatures(K, rfc), Ok(()));
+    }
+
+    #[test]
+    fn vhost_calls_follow_the_owner_and_the_order_of_checks() {
+        let mut m = Model::default();
+        // Before SET_OWNER: the vring and backend calls fail the owner check
+        // (SET_BACKEND only after copying its argument), features do not need it.
+        only(&m, &kick(V, false, 0, E[0]), Err(Errno::EPERM));
+        only(&m, &kick(V, false, 9, FdArg::Closed(900)), Err(Errno::EPERM));
+        only(&m, &Op::SetBackend { target: V, index: 0, fd: TAP }, Err(Errno::EPERM));
+        only(&m, &Op::NullArg { target: V, req: ioctl::VHOST_SET_VRING_KICK }, Err(Errno::EPERM));
+        only(&m, &Op::NullArg { target: V, req: ioctl::VHOST_NET_SET_BACKEND }, Err(Errno::EFAULT));
+        only(&m, &Op::WrongTarget { target: V, req: ioctl::VKTEST_SET_FEATURES }, Err(Errno::EPERM));
+        only(&m, &Op::SetFeatures(V, crate::vhost::RFC_FEATURES), Ok(()));
+        only(&m, &Op::GetFeatures(V), Ok(()));
+        only(&m, &Op::Refused { target: V, req: ioctl::VHOST_SET_MEM_TABLE, value: 0 }, Err(Errno::EPERM));
+        only(&m, &Op::SetOwner(V), Ok(()));
+        feed(&mut m, &[(Op::SetOwner(V), Ok(()))]);
+        only(&m, &Op::SetOwner(V), Err(Errno::EBUSY));
+        only(&m, &kick(V, false, 0, E[0]), Ok(()));
+        only(&m, &kick(V, true, 1, FdArg::Unbind), Ok(()));
+        only(&m, &kick(V, false, 2, E[0]), Err(Errno::ENOBUFS));
+        only(&m, &kick(V, false, 0, FdArg::Closed(900)), Err(Errno::EBADF));
+        only(&m, &kick(V, true, 0, TAP), Err(Errno::EINVAL));
+        only(&m, &Op::SetBackend { target: V, index: 1, fd: FdArg::Unbind }, Ok(()));
+        only(&m, &Op::SetBackend { target: V, index: 2, fd: TAP }, Err(Errno::ENOBUFS));
+        only(&m, &Op::SetBackend { target: V, index: 0, fd: E[0] }, Err(Errno::ENOTSOCK));
+        only(&m, &Op::SetBackend { target: V, index: 0, fd: FdArg::Closed(900) }, Err(Errno::ENOTSOCK));
+        only(&m, &Op::NullArg { target: V, req: ioctl::VHOST_SET_VRING_KICK }, Err(Errno::EFAULT));
+        only(&m, &Op::WrongTarget { target: V, req: ioctl::VKTEST_SET_FEATURES }, Err(Errno::ENOTTY));
+        only(&m, &Op::WrongTarget { target: V, req: ioctl::VKTEST_ATTACH_VHOST }, Err(Errno::EFAULT));
+        only(&m, &Op::WrongTarget { target: TAP, req: ioctl::VHOST_SET_OWNER }, Err(Errno::EINVAL));
+        only(&m, &Op::WrongTarget { target: E[0], req: ioctl::VHOST_GET_FEATURES }, Err(Errno::ENOTTY));
+        only(&m, &Op::WrongTarget { target: NULL, req: ioctl::VKTEST_ATTACH_VHOST }, Err(Errno::ENOTTY));
+    }
+
+    #[test]
+    fn the_model_follows_what_the_kernel_did() {
+        // A success the model did not expect is reported, and the model then
+        // goes on from the kernel's state (no cascade of follow-up reports).
+        let mut m = Model::default();
+        feed(&mut m, &wiring(V, K));
+        feed(&mut m, &[(Op::SetFeatures(V, ioctl::VIRTIO_F_VERSION_1), Ok(()))]);
+        let why = m.step(&Op::Attach { target: K, fd: V }, Ok(())).expect("no IOTLB: the attach must fail");
+        assert!(why.contains("EINVAL"), "{why}");
+        only(&m, &Op::GetFeatures(V), Err(Errno::EPERM));
+        only(&m, &Op::Attach { target: K, fd: W }, Err(Errno::EBUSY));
     }
 }
