@@ -1,0 +1,390 @@
+//! The oracle: the state of every object of a phase and the one result
+//! each call must have in it (the table in the module documentation of
+//! `fuzz`).
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use nix::errno::Errno;
+
+use crate::ioctl::{self};
+
+use super::*;
+
+/// The one result the interface gives for a call in the state the model knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    Success,
+    Fail(Errno),
+}
+
+impl Expect {
+    /// None if `res` is the expected result, else what is wrong.
+    pub fn judge(self, res: Result<(), Errno>) -> Option<String> {
+        match (self, res) {
+            (Expect::Success, Ok(())) => None,
+            (Expect::Fail(want), Err(e)) if e == want => None,
+            (Expect::Fail(want), Ok(())) => Some(format!("succeeded, but must fail with {want:?}")),
+            (Expect::Success, Err(e)) => Some(format!("failed with {e:?} ({}), but must succeed", e.desc())),
+            (Expect::Fail(want), Err(e)) => {
+                Some(format!("failed with {e:?} ({}), but must fail with {want:?}", e.desc()))
+            }
+        }
+    }
+}
+
+/// vhost-net's feature bits in 6.12 (VHOST_NET_FEATURES).
+pub const VHOST_NET_FEATURES: u64 = 1 << 24 // NOTIFY_ON_EMPTY
+    | ioctl::VIRTIO_RING_F_INDIRECT_DESC
+    | ioctl::VIRTIO_RING_F_EVENT_IDX
+    | VHOST_F_LOG_ALL
+    | ioctl::VHOST_NET_F_VIRTIO_NET_HDR // = ANY_LAYOUT
+    | ioctl::VIRTIO_F_VERSION_1
+    | ioctl::VIRTIO_NET_F_MRG_RXBUF
+    | ioctl::VIRTIO_F_ACCESS_PLATFORM
+    | 1 << 40; // RING_RESET
+pub(super) const VHOST_F_LOG_ALL: u64 = 1 << 26;
+
+/// Whether vktest accepts `bits` for VKTEST_SET_FEATURES (its validation).
+pub fn vktest_features_valid(bits: u64) -> bool {
+    use crate::ioctl::*;
+    let required = VIRTIO_F_VERSION_1 | VIRTIO_F_ACCESS_PLATFORM;
+    if bits & required != required || bits & !(required | crate::vhost::OPTIONAL_FEATURES) != 0 {
+        return false;
+    }
+    let host_tso = VIRTIO_NET_F_HOST_TSO4 | VIRTIO_NET_F_HOST_TSO6;
+    let guest_tso = VIRTIO_NET_F_GUEST_TSO4 | VIRTIO_NET_F_GUEST_TSO6;
+    !(bits & host_tso != 0 && bits & VIRTIO_NET_F_CSUM == 0
+        || bits & guest_tso != 0 && bits & VIRTIO_NET_F_GUEST_CSUM == 0)
+}
+
+/// What the model knows of one /dev/vhost-net-kernel device.
+///
+/// Its kick, call and backend per queue are not kept: no answer depends on
+/// them (vhost_dev_get() does not look at them, SET_BACKEND replaces a
+/// recorded socket, SET_VRING_KICK/CALL replace an eventfd).
+#[derive(Debug, Clone, Default)]
+pub(super) struct VhostState {
+    /// VHOST_SET_OWNER succeeded (one process here: we are the owner).
+    pub(super) owned: bool,
+    /// The last successful VHOST_SET_FEATURES had ACCESS_PLATFORM: the device
+    /// has its IOTLB (a later one without it clears the IOTLB again).
+    pub(super) iotlb: bool,
+    /// Taken over by this vktest (kernel_attached): every ioctl is EPERM from
+    /// then on, for the life of the device, also once that vktest is closed.
+    pub(super) attached_to: Option<u32>,
+    /// Our fd is closed (a vktest that took it over still holds the file).
+    pub(super) closed: bool,
+}
+
+/// What the model knows of one /dev/vktest device.
+///
+/// Its VKTEST_SET_FEATURES bits are not kept: no ioctl's answer depends on
+/// them (only what virtio-net negotiates after the attach).
+#[derive(Debug, Clone, Default)]
+pub(super) struct VktestState {
+    /// An eventfd is set as the kick / call of queue 0 and 1.
+    pub(super) kick: [bool; 2],
+    pub(super) call: [bool; 2],
+    /// The fd it attached (vt->vhost): kept until this vktest is closed, also
+    /// when the vhost fd is closed (vktest holds the vhost's file).
+    pub(super) attached: Option<FdArg>,
+    pub(super) closed: bool,
+}
+
+/// The oracle: the state of every object of a phase, from the results of
+/// the calls so far, and from it the one result the next call must have.
+///
+/// The answers and the order of the checks are those of the series
+/// (kernel-patches/0002-0004: vhost_kernel_ioctl_check, vhost_dev_get,
+/// vhost_net_kernel_ioctl, vktest_ioctl) and of the 6.12 code they call
+/// (vhost_net_ioctl, vhost_dev_ioctl, vhost_vring_ioctl, eventfd_fget,
+/// get_socket, tun's ioctl); the module documentation has the table.
+/// Objects appear at their first use (ids are never reused in a phase).
+#[derive(Debug, Clone, Default)]
+pub struct Model {
+    vhosts: BTreeMap<u32, VhostState>,
+    vktests: BTreeMap<u32, VktestState>,
+}
+
+pub(super) fn obj_id(a: FdArg) -> Option<u32> {
+    match a {
+        FdArg::Obj(_, _, id) => Some(id),
+        _ => None,
+    }
+}
+
+pub(super) fn obj_kind(a: FdArg) -> Option<Kind> {
+    match a {
+        FdArg::Obj(k, _, _) => Some(k),
+        _ => None,
+    }
+}
+
+impl Model {
+    pub(super) fn vhost(&self, a: FdArg) -> VhostState {
+        obj_id(a).and_then(|id| self.vhosts.get(&id)).cloned().unwrap_or_default()
+    }
+
+    pub(super) fn vktest(&self, a: FdArg) -> VktestState {
+        obj_id(a).and_then(|id| self.vktests.get(&id)).cloned().unwrap_or_default()
+    }
+
+    pub(super) fn vhost_mut(&mut self, a: FdArg) -> Option<&mut VhostState> {
+        obj_id(a).map(|id| self.vhosts.entry(id).or_default())
+    }
+
+    pub(super) fn vktest_mut(&mut self, a: FdArg) -> Option<&mut VktestState> {
+        obj_id(a).map(|id| self.vktests.entry(id).or_default())
+    }
+
+    /// The result `op` must have now.
+    pub fn expect(&self, op: &Op) -> Expect {
+        use Errno::*;
+        use Expect::{Fail, Success};
+        let is = |a: &FdArg, k: Kind| obj_kind(*a) == Some(k);
+        match op {
+            Op::Open(_) | Op::Close(_) => Success,
+            // /dev/vhost-net-kernel: vhost_kernel_ioctl_check() refuses the
+            // ring-shaping ioctls, then every ioctl of a taken-over device,
+            // before anything else (argument copy and owner check included).
+            Op::Refused { .. } => Fail(EPERM),
+            Op::SetOwner(t)
+            | Op::GetFeatures(t)
+            | Op::SetFeatures(t, _)
+            | Op::VhostVringFd { target: t, .. }
+            | Op::SetBackend { target: t, .. }
+            | Op::NullArg { target: t, .. }
+            | Op::WrongTarget { target: t, .. }
+                if is(t, Kind::VhostKernel) && self.vhost(*t).attached_to.is_some() =>
+            {
+                Fail(EPERM)
+            }
+            // vhost_net_set_owner: EBUSY if there is an owner.
+            Op::SetOwner(t) => {
+                if self.vhost(*t).owned {
+                    Fail(EBUSY)
+                } else {
+                    Success
+                }
+            }
+            // No owner check for the features (as on /dev/vhost-net).
+            Op::GetFeatures(_) => Success,
+            // LOG_ALL is refused by the -kernel node, other bits outside
+            // VHOST_NET_FEATURES by vhost-net: both EOPNOTSUPP. The IOTLB
+            // allocation of ACCESS_PLATFORM (EFAULT if it fails) is a small
+            // GFP_KERNEL one, which does not fail.
+            Op::SetFeatures(_, bits) => {
+                if bits & VHOST_F_LOG_ALL != 0 || bits & !VHOST_NET_FEATURES != 0 {
+                    Fail(EOPNOTSUPP)
+                } else {
+                    Success
+                }
+            }
+            // vhost_dev_ioctl: the owner check, then vhost_vring_ioctl: the
+            // index, then eventfd_fget / eventfd_ctx_fdget: EBADF for no
+            // file, EINVAL for a file that is no eventfd; -1 unbinds.
+            Op::VhostVringFd { target, index, fd, .. } => {
+                if !self.vhost(*target).owned {
+                    Fail(EPERM)
+                } else if *index >= 2 {
+                    Fail(ENOBUFS)
+                } else {
+                    match fd {
+                        FdArg::Unbind => Success,
+                        FdArg::Closed(_) => Fail(EBADF),
+                        a if is(a, Kind::Eventfd) => Success,
+                        _ => Fail(EINVAL),
+                    }
+                }
+            }
+            // vhost_net_kernel_set_backend (after the argument copy): owner,
+            // index, get_socket: -1 is "no backend", a TAP is a socket,
+            // anything else (a closed fd too) ENOTSOCK.
+            Op::SetBackend { target, index, fd } => {
+                if !self.vhost(*target).owned {
+                    Fail(EPERM)
+                } else if *index >= 2 {
+                    Fail(ENOBUFS)
+                } else if *fd == FdArg::Unbind || is(fd, Kind::Tap) {
+                    Success
+                } else {
+                    Fail(ENOTSOCK)
+                }
+            }
+            // vktest_set_vring_fd: argument, index, the eventfd, and only
+            // then (under the lock) an attached vhost.
+            Op::VktestVringFd { target, index, fd, .. } => {
+                if *index >= 2 {
+                    Fail(EINVAL)
+                } else {
+                    match fd {
+                        FdArg::Closed(_) => Fail(EBADF),
+                        a if *a != FdArg::Unbind && !is(a, Kind::Eventfd) => Fail(EINVAL),
+                        _ if self.vktest(*target).attached.is_some() => Fail(EBUSY),
+                        _ => Success,
+                    }
+                }
+            }
+            // vktest_set_features: validity, then an attached vhost.
+            Op::VktestSetFeatures(target, bits) => {
+                if !vktest_features_valid(*bits) {
+                    Fail(EINVAL)
+                } else if self.vktest(*target).attached.is_some() {
+                    Fail(EBUSY)
+                } else {
+                    Success
+                }
+            }
+            // vktest_attach_vhost: this vktest attached (EBUSY), every queue
+            // has a kick and a call (EINVAL), then vhost_dev_get(): fget
+            // (EBADF; -1 too), a -kernel node (EINVAL), the owner check
+            // (EPERM), taken over already (EBUSY), an IOTLB (EINVAL).
+            Op::Attach { target, fd } => {
+                let k = self.vktest(*target);
+                if k.attached.is_some() {
+                    return Fail(EBUSY);
+                }
+                if !(k.kick[0] && k.kick[1] && k.call[0] && k.call[1]) {
+                    return Fail(EINVAL);
+                }
+                match fd {
+                    FdArg::Closed(_) | FdArg::Unbind => Fail(EBADF),
+                    a if is(a, Kind::VhostKernel) => {
+                        let v = self.vhost(*a);
+                        if !v.owned {
+                            Fail(EPERM)
+                        } else if v.attached_to.is_some() {
+                            Fail(EBUSY)
+                        } else if !v.iotlb {
+                            Fail(EINVAL)
+                        } else {
+                            Success
+                        }
+                    }
+                    _ => Fail(EINVAL),
+                }
+            }
+            Op::NullArg { target, req } => {
+                // The vring ioctls check the owner before reading the index;
+                // GET/SET_FEATURES and the -kernel SET_BACKEND copy first.
+                if is(target, Kind::VhostKernel) && *req == ioctl::VHOST_SET_VRING_KICK && !self.vhost(*target).owned {
+                    Fail(EPERM)
+                } else {
+                    Fail(EFAULT)
+                }
+            }
+            Op::WrongTarget { target, req } => match obj_kind(*target) {
+                // vhost_dev_ioctl's owner check, then vhost_vring_ioctl reads
+                // the queue index from the argument: for the attach its value
+                // 700 is no readable address (EFAULT); VKTEST_SET_FEATURES
+                // points at a 0, queue 0, and is then no vring ioctl (ENOTTY).
+                Some(Kind::VhostKernel) => {
+                    if !self.vhost(*target).owned {
+                        Fail(EPERM)
+                    } else if *req == ioctl::VKTEST_ATTACH_VHOST {
+                        Fail(EFAULT)
+                    } else {
+                        Fail(ENOTTY)
+                    }
+                }
+                // tun: an ioctl it does not know, on an attached TAP file.
+                Some(Kind::Tap) => Fail(EINVAL),
+                // vktest: ENOIOCTLCMD; eventfd and /dev/null have no ioctl.
+                _ => Fail(ENOTTY),
+            },
+        }
+    }
+
+    /// Take in what the kernel did: the state follows the real result (also
+    /// an unexpected one, so that one wrong answer is reported once).
+    pub fn update(&mut self, op: &Op, res: Result<(), Errno>) {
+        match op {
+            Op::Close(a) => match obj_kind(*a) {
+                Some(Kind::VhostKernel) => self.vhost_mut(*a).into_iter().for_each(|v| v.closed = true),
+                Some(Kind::Vktest) => self.vktest_mut(*a).into_iter().for_each(|k| k.closed = true),
+                _ => {}
+            },
+            _ if res.is_err() => {}
+            Op::SetOwner(t) => self.vhost_mut(*t).into_iter().for_each(|v| v.owned = true),
+            Op::SetFeatures(t, bits) => {
+                let iotlb = bits & ioctl::VIRTIO_F_ACCESS_PLATFORM != 0;
+                self.vhost_mut(*t).into_iter().for_each(|v| v.iotlb = iotlb);
+            }
+            Op::VktestVringFd { target, call, index, fd } if *index < 2 => {
+                let set = *fd != FdArg::Unbind;
+                if let Some(k) = self.vktest_mut(*target) {
+                    if *call {
+                        k.call[*index as usize] = set;
+                    } else {
+                        k.kick[*index as usize] = set;
+                    }
+                }
+            }
+            Op::Attach { target, fd } => {
+                if let Some(k) = self.vktest_mut(*target) {
+                    k.attached = Some(*fd);
+                }
+                if obj_kind(*fd) == Some(Kind::VhostKernel) {
+                    let by = obj_id(*target);
+                    self.vhost_mut(*fd).into_iter().for_each(|v| v.attached_to = by);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Judge the result of `op` and take it in: None if it is the one
+    /// expected, else what is wrong, with the state that made the answer.
+    pub fn step(&mut self, op: &Op, res: Result<(), Errno>) -> Option<String> {
+        let why = self.expect(op).judge(res).map(|why| format!("{why} ({})", self.describe(op)));
+        self.update(op, res);
+        why
+    }
+
+    /// The state of the objects `op` involves, for a report.
+    pub(super) fn describe(&self, op: &Op) -> String {
+        let mut args = vec![];
+        if let Some(t) = op.target() {
+            args.push(t);
+        }
+        match op {
+            Op::Attach { fd, .. } => args.push(*fd),
+            Op::Close(a) => args.push(*a),
+            _ => {}
+        }
+        let parts: Vec<String> = args.into_iter().filter_map(|a| self.state_of(a)).collect();
+        if parts.is_empty() {
+            "no state".into()
+        } else {
+            parts.join("; ")
+        }
+    }
+
+    pub(super) fn state_of(&self, a: FdArg) -> Option<String> {
+        let FdArg::Obj(kind, _, id) = a else { return None };
+        let mut s = vec![];
+        match kind {
+            Kind::VhostKernel => {
+                let v = self.vhost(a);
+                s.push(if v.owned { "owned" } else { "no owner" }.to_string());
+                s.push(if v.iotlb { "IOTLB" } else { "no IOTLB" }.to_string());
+                if let Some(k) = v.attached_to {
+                    let gone = self.vktests.get(&k).is_some_and(|k| k.closed);
+                    s.push(format!("attached to vktest#{k}{}", if gone { " (closed)" } else { "" }));
+                }
+            }
+            Kind::Vktest => {
+                let k = self.vktest(a);
+                let q = |set: [bool; 2]| format!("{}{}", u8::from(set[0]), u8::from(set[1]));
+                s.push(format!("kick {} call {}", q(k.kick), q(k.call)));
+                if let Some(v) = k.attached {
+                    let gone = obj_id(v).and_then(|id| self.vhosts.get(&id)).is_some_and(|v| v.closed);
+                    s.push(format!("attached to {v}{}", if gone { " (closed)" } else { "" }));
+                }
+            }
+            _ => return None,
+        }
+        Some(format!("{}#{id}: {}", kind.label(), s.join(", ")))
+    }
+}
