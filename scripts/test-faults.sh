@@ -16,6 +16,14 @@
 # Variants (config, test points, what must show):
 #   no-used-signal  normal  teardown_exit   not ok teardown_exit
 #   drop-tx         normal  teardown_exit   not ok teardown_exit
+#   corrupt-payload normal  teardown_exit   not ok teardown_exit (vhost-net
+#                   swaps two data words of flood echoes, checksum valid)
+#   ignore-set-features
+#                   normal  teardown_exit with --features offloads: not ok
+#                   teardown_exit (virtio-net negotiated the RFC's set)
+#   attach-no-device
+#                   normal  attach_once     not ok attach_once (the attach
+#                   returns 0 without registering the vDPA device)
 #   uaf-release     debug   attach_once     not ok attach_once + KASAN
 #   missing-unlock  debug   attach_without_kick_call_einval: failed or timed
 #                   out + lockdep ("lock held when returning to user space"
@@ -38,6 +46,9 @@ set -euo pipefail
 VARIANTS=(
 	"no-used-signal|normal|300|--test teardown_exit --count 3|teardown_exit||no"
 	"drop-tx|normal|300|--test teardown_exit --count 3|teardown_exit||no"
+	"corrupt-payload|normal|300|--test teardown_exit --count 3|teardown_exit||no"
+	"ignore-set-features|normal|300|--features offloads --test teardown_exit --count 3|teardown_exit||no"
+	"attach-no-device|normal|300|--test attach_once|attach_once||no"
 	"uaf-release|debug|900|--test attach_once|attach_once|KASAN|no"
 	"missing-unlock|debug|240|--test attach_without_kick_call_einval|attach_without_kick_call_einval|lock held when returning to user space|possible recursive locking|yes"
 	"leak-eventfd|debug|900|--test attach_once --test teardown_exit --count 3|kmemleak_check|unreferenced object|no"

@@ -3,6 +3,8 @@
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use nix::errno::Errno;
@@ -11,6 +13,8 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use crate::errno_of;
 use crate::ioctl::{self, VhostVringAddr, VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1};
 use crate::ktap::Outcome;
+use crate::net::{if_index, LinkWatcher};
+use crate::races::{dir_names, vdpa_devices, VDPA_DEVICES};
 use crate::tap::{Tap, TAP_TEMPLATE};
 use crate::vhost::{node_exists, VhostNetKernel, RX_QUEUE, TX_QUEUE, VHOST_NET_PATH};
 use crate::vktest::Vktest;
@@ -196,13 +200,60 @@ fn attach_from_another_process(rig: &Rig) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// Run one attach test point by name.
-pub fn run_attach_test(name: &str) -> Result<Outcome> {
+/// The one entry of `dir` whose name starts with `prefix`; `what` names
+/// the entry in the errors.
+fn only_entry(dir: &str, prefix: &str, what: &str) -> Result<String> {
+    let found: Vec<String> = dir_names(dir)?.into_iter().filter(|n| n.starts_with(prefix)).collect();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!("no {what} in {dir}"),
+        _ => bail!("{} {what}s in {dir}, expected one: {}", found.len(), found.join(", ")),
+    }
+}
+
+/// The virtio device on vDPA device `dev` and the network interface
+/// virtio-net made of it (`/sys/bus/vdpa/devices/DEV/virtioN/net/IF`).
+pub fn vdpa_net_interface(dev: &str) -> Result<(String, String)> {
+    let base = format!("{VDPA_DEVICES}/{dev}");
+    let virtio = only_entry(&base, "virtio", "virtio device (virtio_vdpa did not bind?)")?;
+    let ifname = only_entry(&format!("{base}/{virtio}/net"), "", "network interface (virtio_net did not bind?)")?;
+    Ok((virtio, ifname))
+}
+
+/// `attach_once`: a zero return is not enough. The attach must register a
+/// vDPA device that virtio-net turned into an interface, and closing the
+/// fds must remove both.
+async fn attach_once(limit: Duration) -> Result<()> {
+    // Subscribed before anything exists, so the removal cannot be missed.
+    let mut links = LinkWatcher::new(None)?;
+    let before = vdpa_devices()?;
+    let rig = Rig::prepare(false)?;
+    rig.attach()?;
+    // virtio_vdpa and virtio-net probe within VKTEST_ATTACH_VHOST: what it
+    // created is in sysfs when it returns.
+    let new: Vec<String> = vdpa_devices()?.difference(&before).cloned().collect();
+    let dev = match new.as_slice() {
+        [one] => one.clone(),
+        [] => bail!("VKTEST_ATTACH_VHOST returned 0 but no vDPA device appeared in {VDPA_DEVICES}"),
+        _ => bail!("VKTEST_ATTACH_VHOST: {} vDPA devices appeared, expected one: {}", new.len(), new.join(", ")),
+    };
+    let (virtio, ifname) = vdpa_net_interface(&dev).with_context(|| format!("after VKTEST_ATTACH_VHOST ({dev})"))?;
+    let index = if_index(&ifname)?;
+    // Closes /dev/vhost-net-kernel, /dev/vktest, the TAP and the eventfds.
+    drop(rig);
+    let what = format!("{ifname} ({virtio} on {dev}) to go away after closing /dev/vktest");
+    links.wait_del_link(index, limit, &what).await?;
+    // vktest's release unregisters the device before close() returns.
+    if Path::new(&format!("{VDPA_DEVICES}/{dev}")).exists() {
+        bail!("vDPA device {dev} still registered after closing /dev/vktest and /dev/vhost-net-kernel");
+    }
+    Ok(())
+}
+
+/// Run one attach test point by name (`limit`: of every wait).
+pub async fn run_attach_test(name: &str, limit: Duration) -> Result<Outcome> {
     match name {
-        "attach_once" => {
-            let rig = Rig::prepare(false)?;
-            rig.attach()?;
-        }
+        "attach_once" => attach_once(limit).await?,
         "attach_same_vhost_twice_ebusy" => {
             let rig = Rig::prepare(false)?;
             rig.attach()?;

@@ -34,7 +34,7 @@ pub struct Snapshot {
 }
 
 /// Names of the entries of `dir` (empty if it does not exist).
-fn dir_names(dir: &str) -> Result<BTreeSet<String>> {
+pub(crate) fn dir_names(dir: &str) -> Result<BTreeSet<String>> {
     match std::fs::read_dir(dir) {
         Ok(rd) => rd
             .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()).with_context(|| format!("read {dir}")))
@@ -42,6 +42,11 @@ fn dir_names(dir: &str) -> Result<BTreeSet<String>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
         Err(e) => Err(e).with_context(|| format!("read {dir}")),
     }
+}
+
+/// Names of the registered vDPA devices (under [`VDPA_DEVICES`]).
+pub fn vdpa_devices() -> Result<BTreeSet<String>> {
+    dir_names(VDPA_DEVICES)
 }
 
 /// Our open fds with their targets (the fd of the directory listing itself excluded).
@@ -62,7 +67,7 @@ pub fn open_fds() -> Result<BTreeMap<i32, String>> {
 impl Snapshot {
     pub async fn take(rtnl: &Rtnl) -> Result<Self> {
         let links = rtnl.links().await?.into_iter().map(|l| (l.index, l.name)).collect();
-        Ok(Snapshot { links, vdpa: dir_names(VDPA_DEVICES)?, fds: open_fds()? })
+        Ok(Snapshot { links, vdpa: vdpa_devices()?, fds: open_fds()? })
     }
 
     /// What `after` has that `self` had not, one description per item.

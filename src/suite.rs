@@ -1,10 +1,11 @@
 //! `run`: the whole suite as KTAP — attach checks, then the teardown
 //! scenarios with two-way traffic and floods, with kernel-log health checks.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::net::Ipv6Addr;
 use std::os::fd::AsFd;
 use std::process::Stdio;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -15,14 +16,15 @@ use tokio::process::{Child, Command};
 use tokio::time::timeout;
 
 use crate::attach::{run_attach_test, ATTACH_TESTS};
-use crate::icmp::{ping, BackgroundPing, Control, PingOpts, PingStats, PingTarget};
+use crate::icmp::{ping, BackgroundPing, Control, PingOpts, PingStats, PingTarget, Replies};
 use crate::kmsg::{kmemleak_find_leaks, kmemleak_unavailable, KmsgMonitor, KMSG_PATH, LEAK_CHECK};
 use crate::ktap::{Ktap, Outcome, EXIT_ALL_SKIPPED};
 use crate::net::{virtio_device_of, Landing, Link, LinkWatcher, Rtnl};
 use crate::netns::{self, NetnsGuard};
+use crate::races::{vdpa_devices, VDPA_DEVICES};
 use crate::serve::closed_line;
 use crate::serve::Interfaces;
-use crate::vhost::{node_exists, FeatureSet, VHOST_NET_KERNEL_PATH};
+use crate::vhost::{feature_names, node_exists, virtio_negotiated_features, FeatureSet, VHOST_NET_KERNEL_PATH};
 use crate::vktest::VKTEST_PATH;
 
 /// Address of the host end (the TAP, namespace h2g).
@@ -224,11 +226,11 @@ pub async fn verify_two_way(pair: &Pair, count: u32, size: usize, limit: Duratio
     let b = ping_async(pair.target_from_g2h(), opts.clone()).await?;
     let a = ping_async(pair.target_from_h2g(), opts).await?;
     let mut bad = Vec::new();
-    if !a.perfect() {
-        bad.push(format!("h2g -> g2h: {}", a.summary()));
-    }
-    if !b.perfect() {
-        bad.push(format!("g2h -> h2g: {}", b.summary()));
+    for (dir, s) in [(H2G, &a), (G2H, &b)] {
+        if !s.perfect() {
+            let corrupted = s.corruption().map(|c| format!("{c}; ")).unwrap_or_default();
+            bad.push(format!("{dir}: {corrupted}{}", s.summary()));
+        }
     }
     if !bad.is_empty() {
         bail!("two-way traffic check failed: {}", bad.join("; "));
@@ -256,26 +258,102 @@ pub fn start_floods(pair: &Pair, size: usize, window: usize) -> Floods {
     }
 }
 
-impl Floods {
-    /// Block until both directions have `n` replies back (so the teardown
-    /// really races with traffic in flight).
-    pub fn wait_flowing(&self, n: u64, limit: Duration) -> Result<()> {
-        if !self.h2g.wait_replies(n, limit) {
-            bail!("flood h2g -> g2h did not get {n} replies within {:.0}s", limit.as_secs_f64());
+/// The two flood directions, as the diagnostics name them.
+const H2G: &str = "h2g -> g2h";
+const G2H: &str = "g2h -> h2g";
+
+/// Judge a wait for flood flow in direction `dir`: `got` are the counters
+/// when the wait ended, `verified` the verified replies counted from the
+/// wait's start, `want` how many it waited for. Any corrupted reply fails
+/// (corruption is never expected, not even during a teardown); a corrupted
+/// reply never counts as flow.
+fn judge_flow(dir: &str, got: Replies, verified: u64, want: u64, limit: Duration) -> Result<()> {
+    if got.corrupted > 0 {
+        bail!(
+            "flood {dir}: {} corrupted repl{} (data differs from the request's; {} verified)",
+            got.corrupted,
+            if got.corrupted == 1 { "y" } else { "ies" },
+            got.verified
+        );
+    }
+    if verified < want {
+        bail!("flood {dir} got {verified} of {want} verified replies within {:.0}s", limit.as_secs_f64());
+    }
+    Ok(())
+}
+
+/// What stopping the floods gave: a summary per direction (diagnostics:
+/// losses are expected during a teardown), and what was corrupted.
+#[derive(Debug, Default)]
+pub struct FloodsStopped {
+    pub summaries: Vec<String>,
+    /// One line per direction that got corrupted replies.
+    pub corrupted: Vec<String>,
+}
+
+impl FloodsStopped {
+    /// Err naming the directions that got corrupted replies, and how many.
+    pub fn verdict(&self) -> Result<()> {
+        if self.corrupted.is_empty() {
+            Ok(())
+        } else {
+            bail!("corrupted flood replies: {}", self.corrupted.join("; "))
         }
-        if !self.g2h.wait_replies(n, limit) {
-            bail!("flood g2h -> h2g did not get {n} replies within {:.0}s", limit.as_secs_f64());
+    }
+}
+
+impl Floods {
+    /// Block until both directions have `n` verified replies back (so the
+    /// teardown really races with traffic in flight); fails at the first
+    /// corrupted reply of either.
+    pub fn wait_flowing(&self, n: u64, limit: Duration) -> Result<()> {
+        for (dir, p) in [(H2G, &self.h2g), (G2H, &self.g2h)] {
+            let got = p.wait_replies(n, limit);
+            judge_flow(dir, got, got.verified, n, limit)?;
+        }
+        // The first direction may have got a corrupted reply meanwhile.
+        for (dir, p) in [(H2G, &self.h2g), (G2H, &self.g2h)] {
+            let got = p.control().counts();
+            judge_flow(dir, got, got.verified, 0, limit)?;
         }
         Ok(())
     }
 
-    /// Stop both; summaries for diagnostics (losses are expected during teardown).
-    pub fn stop(self) -> Vec<String> {
-        let f = |name: &str, r: Result<PingStats>| match r {
-            Ok(s) => format!("flood {name}: {}", s.summary()),
-            Err(e) => format!("flood {name}: {e:#}"),
-        };
-        vec![f("h2g -> g2h", self.h2g.stop()), f("g2h -> h2g", self.g2h.stop())]
+    /// Stop both and collect their summaries and corruption.
+    pub fn stop(self) -> FloodsStopped {
+        let mut out = FloodsStopped::default();
+        for (dir, r) in [(H2G, self.h2g.stop()), (G2H, self.g2h.stop())] {
+            match r {
+                Ok(s) => {
+                    out.summaries.push(format!("flood {dir}: {}", s.summary()));
+                    if let Some(c) = s.corruption() {
+                        out.corrupted.push(format!("{dir}: {c}"));
+                    }
+                }
+                Err(e) => out.summaries.push(format!("flood {dir}: {e:#}")),
+            }
+        }
+        out
+    }
+}
+
+/// Stop `floods` (off the runtime: it joins threads) and print their
+/// summaries; Err if a reply was corrupted.
+async fn stop_floods(floods: Floods, diag: &mut dyn FnMut(String)) -> Result<()> {
+    let stopped =
+        tokio::task::spawn_blocking(move || floods.stop()).await.map_err(|e| anyhow!("flood stop task failed: {e}"))?;
+    stopped.summaries.iter().cloned().for_each(&mut *diag);
+    stopped.verdict()
+}
+
+/// `res`, failed also by the floods' `verdict`: a corrupted reply fails the
+/// point even when everything else went well.
+fn with_verdict<T>(res: Result<T>, verdict: Result<()>) -> Result<T> {
+    match (res, verdict) {
+        (Ok(v), Ok(())) => Ok(v),
+        (Ok(_), Err(c)) => Err(c),
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(c)) => Err(e.context(format!("{c:#}"))),
     }
 }
 
@@ -560,25 +638,70 @@ fn is_virtio_net(l: &Link) -> bool {
     !l.name.starts_with("vhostkernel") && virtio_device_of(&l.name).map(|d| d.starts_with("virtio")).unwrap_or(false)
 }
 
-/// The feature set a scenario's serve gets for `--features SET`. With the
-/// vhost-added header (a TAP without IFF_VNET_HDR) there is nowhere to carry
-/// checksum/TSO metadata, so those bits are left out and the rest of the set
-/// (what vhost-net itself implements) is kept.
-fn features_for(set: &str, vhost_hdr: bool, diag: &mut dyn FnMut(String)) -> Result<String> {
+/// The feature set a scenario's serve gets: `--features SET`, else the
+/// RFC's. With the vhost-added header (a TAP without IFF_VNET_HDR) there is
+/// nowhere to carry checksum/TSO metadata, so those bits are left out and
+/// the rest of the set (what vhost-net itself implements) is kept.
+fn features_for(set: Option<&str>, vhost_hdr: bool, diag: &mut dyn FnMut(String)) -> Result<FeatureSet> {
+    let asked = match set {
+        Some(s) => FeatureSet::parse(s)?,
+        None => return Ok(FeatureSet::rfc()),
+    };
     if !vhost_hdr {
-        return Ok(set.to_string());
+        return Ok(asked);
     }
-    let asked = FeatureSet::parse(set)?;
     let kept = asked.vhost_only();
     if kept != asked {
         diag(format!("feature set {asked} without the TAP's vnet header: running with {kept}"));
     }
-    Ok(kept.name)
+    Ok(kept)
 }
 
-/// One teardown scenario with traffic and floods; returns its time to ready.
-pub async fn scenario(kind: Teardown, vhost_hdr: bool, opts: &RunOpts, diag: &mut dyn FnMut(String)) -> Result<Ready> {
+/// Compare what virtio-net negotiated on `dev` with the set asked for:
+/// Err naming the bits it lacks (and any it has that were not asked for).
+fn check_negotiated(dev: &str, asked: &FeatureSet, negotiated: u64) -> Result<()> {
+    let missing = asked.bits & !negotiated;
+    let extra = negotiated & !asked.bits;
+    if missing == 0 && extra == 0 {
+        return Ok(());
+    }
+    let mut what = Vec::new();
+    if missing != 0 {
+        what.push(format!("missing {}", feature_names(missing).join(",")));
+    }
+    if extra != 0 {
+        what.push(format!("not asked for {}", feature_names(extra).join(",")));
+    }
+    bail!(
+        "virtio-net on {dev} negotiated {} ({negotiated:#x}), not feature set {asked} ({:#x}): {}",
+        feature_names(negotiated).join(","),
+        asked.bits,
+        what.join("; ")
+    )
+}
+
+/// Why an explicit `--features` set cannot run on this kernel (the kernel
+/// says so: VKTEST_SET_FEATURES refused, vhost-net not offering it), if so.
+/// The RFC's set is never skipped: the series must do it.
+fn feature_set_skip(set: &FeatureSet, opts: &RunOpts) -> Option<String> {
+    if opts.fake_device || opts.features.is_none() || set.is_rfc() {
+        return None;
+    }
+    crate::bench::probe_set(set).map(|why| format!("feature set {set} not supported here: {why}"))
+}
+
+/// One teardown scenario with traffic and floods, serve asked for feature
+/// set `set` ([`features_for`]); returns its time to ready.
+pub async fn scenario(
+    kind: Teardown,
+    vhost_hdr: bool,
+    set: &FeatureSet,
+    opts: &RunOpts,
+    diag: &mut dyn FnMut(String),
+) -> Result<Ready> {
     let t = opts.timeout;
+    // vDPA devices before, to tell what this scenario left behind.
+    let vdpa_before = vdpa_devices()?;
     // Namespaces first, so that on any error the child is gone before they are.
     let mut nsg = NetnsGuard::new();
     nsg.create(&opts.h2g_ns())?;
@@ -593,28 +716,29 @@ pub async fn scenario(kind: Teardown, vhost_hdr: bool, opts: &RunOpts, diag: &mu
     if opts.fake_device {
         extra.push("--fake-device".to_string());
     }
-    if let Some(f) = &opts.features {
-        extra.extend(["--features".to_string(), features_for(f, vhost_hdr, diag)?]);
+    if opts.features.is_some() {
+        extra.extend(["--features".to_string(), set.name.clone()]);
     }
     if kind == Teardown::CloseBothReverse {
         extra.extend(["--close-order".to_string(), "vktest-first".to_string()]);
     }
     let started = Instant::now();
     let mut child = ServeChild::spawn_with(&opts.exe, &extra, t).await?;
-    let res = scenario_body(kind, &mut child, opts, started, &mut *diag).await;
+    let res = scenario_body(kind, &mut child, set, opts, started, &mut *diag).await;
     if res.is_err() {
         child.kill_and_wait(t).await;
     }
     child.stderr_lines(t).await.into_iter().for_each(|l| diag(format!("serve: {l}")));
     let ready = res?;
     nsg.delete_all()?;
-    check_no_leftovers(opts).await?;
+    check_no_leftovers(opts, &vdpa_before).await?;
     Ok(ready)
 }
 
 async fn scenario_body(
     kind: Teardown,
     child: &mut ServeChild,
+    set: &FeatureSet,
     opts: &RunOpts,
     started: Instant,
     diag: &mut dyn FnMut(String),
@@ -625,6 +749,13 @@ async fn scenario_body(
     let dev = if ifs.g2h_device.is_empty() { String::new() } else { format!(" ({})", ifs.g2h_device) };
     let served = started.elapsed();
     diag(format!("serve: h2g={} g2h={}{dev}", ifs.h2g, ifs.g2h));
+    if !opts.fake_device {
+        // What the traffic below tests: the set virtio-net really uses.
+        anyhow::ensure!(!ifs.g2h_device.is_empty(), "serve named no virtio device for {}", ifs.g2h);
+        let negotiated = virtio_negotiated_features(&ifs.g2h_device)?;
+        check_negotiated(&ifs.g2h_device, set, negotiated)?;
+        diag(format!("virtio-net on {} negotiated feature set {set}, as asked", ifs.g2h_device));
+    }
     let root = Rtnl::new(None)?;
     let pair = setup_pair(&root, (ifs.h2g_ifindex, &ifs.h2g), (ifs.g2h_ifindex, &ifs.g2h), &h2g_ns, &g2h_ns, t).await?;
     let from_spawn = started.elapsed();
@@ -717,16 +848,14 @@ async fn scenario_body(
                         .await
                         .map_err(|e| anyhow!("flood wait task failed: {e}"))?;
                         if let Err(e) = r {
-                            let said = tokio::task::spawn_blocking(move || f.stop()).await.unwrap_or_default();
-                            said.into_iter().for_each(&mut *diag);
-                            return Err(e.context(format!("rebind round {round}")));
+                            let verdict = stop_floods(f, diag).await;
+                            return with_verdict(Err(e), verdict).context(format!("rebind round {round}"));
                         }
                         Some(f)
                     };
-                    let res = unbind_rebind(&root, dev, &cur, opts, diag).await;
+                    let mut res = unbind_rebind(&root, dev, &cur, opts, diag).await;
                     if let Some(f) = own {
-                        let said = tokio::task::spawn_blocking(move || f.stop()).await.unwrap_or_default();
-                        said.into_iter().for_each(&mut *diag);
+                        res = with_verdict(res, stop_floods(f, diag).await);
                     }
                     cur = res.with_context(|| format!("rebind round {round}/{REBIND_ROUNDS}"))?;
                     let (a, b) = verify_two_way(&cur, opts.count, opts.size, t)
@@ -743,9 +872,7 @@ async fn scenario_body(
         }
     }
     .await;
-    let stopped = tokio::task::spawn_blocking(move || floods.stop()).await.unwrap_or_default();
-    stopped.into_iter().for_each(&mut *diag);
-    res.map(|()| ready)
+    with_verdict(res, stop_floods(floods, diag).await).map(|()| ready)
 }
 
 /// Time to ready of one scenario: from spawning the serving process, and
@@ -799,44 +926,66 @@ async fn unbind_rebind(
     Ok(Pair { g2h_if: new.name.clone(), g2h_index: new_idx, ..pair.clone() })
 }
 
-/// Wait until both floods got `n` more replies than they have now.
+/// Wait until both floods got `n` more verified replies than they have
+/// now; fails at the first corrupted reply of either.
 async fn wait_more_replies(floods: &Floods, n: u64, t: Duration) -> Result<()> {
     let (h, g) = (floods.h2g.control(), floods.g2h.control());
     let (h0, g0) = (h.replies(), g.replies());
-    let (a, b) = tokio::task::spawn_blocking(move || (h.wait_replies(h0 + n, t), g.wait_replies(g0 + n, t)))
-        .await
-        .map_err(|e| anyhow!("reply wait task failed: {e}"))?;
-    if !a || !b {
-        let which: Vec<&str> = [(a, "h2g -> g2h"), (b, "g2h -> h2g")].iter().filter(|x| !x.0).map(|x| x.1).collect();
-        bail!("flood {} got fewer than {n} replies within {:.0}s", which.join(" and "), t.as_secs_f64());
+    let (a, b) = tokio::task::spawn_blocking(move || {
+        let a = h.wait_replies(h0 + n, t);
+        // Not worth waiting for once h2g failed.
+        let b = if a.corrupted > 0 || a.verified < h0 + n { g.counts() } else { g.wait_replies(g0 + n, t) };
+        (a, b)
+    })
+    .await
+    .map_err(|e| anyhow!("reply wait task failed: {e}"))?;
+    let h2g = judge_flow(H2G, a, a.verified - h0, n, t);
+    let g2h = judge_flow(G2H, b, b.verified - g0, n, t);
+    match (h2g, g2h) {
+        (Err(a), Err(b)) => Err(anyhow!("{a:#}; {b:#}")),
+        (a, b) => a.and(b),
     }
-    Ok(())
 }
 
-/// Neither of our namespaces nor any vhostkernel interface is left.
-pub async fn check_no_leftovers(opts: &RunOpts) -> Result<()> {
+/// Neither of our namespaces nor any vhostkernel interface is left, and
+/// no vDPA device that was not there before (`vdpa_before`).
+pub async fn check_no_leftovers(opts: &RunOpts, vdpa_before: &BTreeSet<String>) -> Result<()> {
     for ns in [opts.h2g_ns(), opts.g2h_ns()] {
         if netns::exists(&ns) {
             bail!("namespace {ns} still exists");
         }
     }
-    let left: Vec<String> = Rtnl::new(None)?
+    let mut left: Vec<String> = Rtnl::new(None)?
         .links()
         .await?
         .into_iter()
         .filter(|l| l.name.starts_with("vhostkernel") || l.name.starts_with("vkfake"))
-        .map(|l| l.name)
+        .map(|l| format!("interface {}", l.name))
         .collect();
+    left.extend(vdpa_devices()?.difference(vdpa_before).map(|d| format!("vDPA device {d} ({VDPA_DEVICES}/{d})")));
     if !left.is_empty() {
-        bail!("interfaces left behind: {}", left.join(", "));
+        bail!("left behind: {}", left.join(", "));
     }
     Ok(())
+}
+
+/// vDPA devices that existed before this process's first test point: the
+/// end check blames the run only for the ones it added.
+static VDPA_AT_START: OnceLock<BTreeSet<String>> = OnceLock::new();
+
+fn vdpa_at_start() -> Result<&'static BTreeSet<String>> {
+    if let Some(v) = VDPA_AT_START.get() {
+        return Ok(v);
+    }
+    let now = vdpa_devices()?;
+    Ok(VDPA_AT_START.get_or_init(|| now))
 }
 
 /// What one test point gave: its outcome and, for a scenario, its time to ready.
 type PointResult = Result<(Outcome, Option<Ready>)>;
 
 async fn run_one(name: &str, opts: &RunOpts, diag: &mut dyn FnMut(String)) -> PointResult {
+    vdpa_at_start()?;
     let teardown = match name {
         "teardown_exit" => Some((Teardown::Exit, false)),
         "teardown_close_vktest_first" => Some((Teardown::CloseVktestFirst, false)),
@@ -853,7 +1002,11 @@ async fn run_one(name: &str, opts: &RunOpts, diag: &mut dyn FnMut(String)) -> Po
         if opts.fake_device && (hdr || kind.needs_real_device()) {
             return Ok((Outcome::Skip("needs the real virtio device (--fake-device)".into()), None));
         }
-        let ready = scenario(kind, hdr, opts, diag).await?;
+        let set = features_for(opts.features.as_deref(), hdr, diag)?;
+        if let Some(why) = feature_set_skip(&set, opts) {
+            return Ok((Outcome::Skip(why), None));
+        }
+        let ready = scenario(kind, hdr, &set, opts, diag).await?;
         return Ok((Outcome::Pass, Some(ready)));
     }
     let outcome = match name {
@@ -865,14 +1018,14 @@ async fn run_one(name: &str, opts: &RunOpts, diag: &mut dyn FnMut(String)) -> Po
             Outcome::Pass
         }
         "cleanup_no_leftovers" => {
-            check_no_leftovers(opts).await?;
+            check_no_leftovers(opts, vdpa_at_start()?).await?;
             Outcome::Pass
         }
         LEAK_CHECK => leak_check(diag).await?,
         _ if ATTACH_TESTS.contains(&name) && opts.fake_device => {
             Outcome::Skip("needs /dev/vhost-net-kernel and /dev/vktest (--fake-device)".into())
         }
-        _ if ATTACH_TESTS.contains(&name) => run_attach_test(name)?,
+        _ if ATTACH_TESTS.contains(&name) => run_attach_test(name, opts.timeout).await?,
         _ => bail!("unknown test {name}"),
     };
     Ok((outcome, None))
@@ -1595,6 +1748,72 @@ mod tests {
             format!("    # {WARNING}\n    # vhost-kernel-test: sync start-2.1 1\n    not ok 3 {BETWEEN_POINTS}\n");
         assert!(text.contains(&quote), "{text}");
         assert!(text.contains("ok 1 iteration-1\n") && text.contains("not ok 2 iteration-2\n"), "{text}");
+    }
+
+    #[test]
+    fn corrupted_flood_replies_fail_and_never_count_as_flow() {
+        let t = Duration::from_secs(15);
+        let r = |verified, corrupted| Replies { verified, corrupted };
+        assert!(judge_flow(H2G, r(20, 0), 20, 20, t).is_ok());
+        // Loss alone during a teardown: no verdict when nothing more is asked.
+        assert!(judge_flow(H2G, r(3, 0), 3, 0, t).is_ok());
+        let e = judge_flow(G2H, r(25, 2), 25, 20, t).unwrap_err().to_string();
+        assert_eq!(e, "flood g2h -> h2g: 2 corrupted replies (data differs from the request's; 25 verified)");
+        let e = judge_flow(H2G, r(19, 1), 19, 0, t).unwrap_err().to_string();
+        assert!(e.starts_with("flood h2g -> g2h: 1 corrupted reply "), "{e}");
+        // Counted from the wait's start: 30 verified overall, 5 of them new.
+        let e = judge_flow(H2G, r(30, 0), 5, 20, t).unwrap_err().to_string();
+        assert_eq!(e, "flood h2g -> g2h got 5 of 20 verified replies within 15s");
+        let stopped = FloodsStopped { summaries: vec![], corrupted: vec![] };
+        assert!(stopped.verdict().is_ok());
+        let stopped = FloodsStopped { summaries: vec![], corrupted: vec![format!("{G2H}: 3 of 90 replies corrupted")] };
+        let e = stopped.verdict().unwrap_err().to_string();
+        assert_eq!(e, "corrupted flood replies: g2h -> h2g: 3 of 90 replies corrupted");
+        // A corruption fails a point whose teardown went well, and is kept
+        // next to another failure.
+        assert!(with_verdict(Ok(1), Err(anyhow!("corrupted"))).is_err());
+        let both = with_verdict::<()>(Err(anyhow!("teardown failed")), Err(anyhow!("corrupted"))).unwrap_err();
+        assert_eq!(format!("{both:#}"), "corrupted: teardown failed");
+        assert_eq!(with_verdict(Ok(1), Ok(())).unwrap(), 1);
+    }
+
+    #[test]
+    fn negotiated_features_must_be_the_asked_set() {
+        use crate::ioctl::{VIRTIO_F_ACCESS_PLATFORM, VIRTIO_NET_F_CSUM};
+        let rfc = FeatureSet::rfc();
+        let offloads = FeatureSet::offloads();
+        assert!(check_negotiated("virtio0", &rfc, rfc.bits).is_ok());
+        assert!(check_negotiated("virtio0", &offloads, offloads.bits).is_ok());
+        // A kernel that ignored the set: virtio-net got the RFC's.
+        let e = check_negotiated("virtio0", &offloads, rfc.bits).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "virtio-net on virtio0 negotiated version_1,access_platform (0x300000000), not feature set offloads \
+             (0x300009983): missing csum,guest_csum,guest_tso4,guest_tso6,host_tso4,host_tso6,mrg_rxbuf"
+        );
+        let e = check_negotiated("virtio1", &rfc, rfc.bits & !VIRTIO_F_ACCESS_PLATFORM).unwrap_err().to_string();
+        assert!(e.ends_with(": missing access_platform"), "{e}");
+        let e = check_negotiated("virtio1", &rfc, rfc.bits | VIRTIO_NET_F_CSUM).unwrap_err().to_string();
+        assert!(e.ends_with(": not asked for csum"), "{e}");
+    }
+
+    #[test]
+    fn scenario_feature_sets() {
+        let mut said = Vec::new();
+        let mut diag = |d: String| said.push(d);
+        assert_eq!(features_for(None, false, &mut diag).unwrap(), FeatureSet::rfc());
+        assert_eq!(features_for(None, true, &mut diag).unwrap(), FeatureSet::rfc());
+        assert_eq!(features_for(Some("offloads"), false, &mut diag).unwrap(), FeatureSet::offloads());
+        let hdr = features_for(Some("offloads"), true, &mut diag).unwrap();
+        assert_eq!(hdr.name, "mrg_rxbuf");
+        assert!(features_for(Some("bogus"), false, &mut diag).is_err());
+        assert_eq!(said, ["feature set offloads without the TAP's vnet header: running with mrg_rxbuf"]);
+        // Only an explicit set other than the RFC's may be skipped, and
+        // never with the fake device.
+        let opts = RunOpts::default();
+        assert_eq!(feature_set_skip(&FeatureSet::rfc(), &opts), None);
+        let fake = RunOpts { fake_device: true, features: Some("offloads".into()), ..Default::default() };
+        assert_eq!(feature_set_skip(&FeatureSet::offloads(), &fake), None);
     }
 
     #[test]

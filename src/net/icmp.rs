@@ -69,12 +69,22 @@ pub fn pattern(seq: u16, size: usize) -> Vec<u8> {
     (0..size as u32).map(|i| (i.wrapping_mul(31) ^ (i >> 8).wrapping_mul(97) ^ seq.wrapping_mul(7)) as u8).collect()
 }
 
-/// Shared between a pinger and its owner: a stop flag and a reply counter
-/// the owner can wait on.
+/// Replies of one pinger so far: the ones that carried the data of their
+/// request, and the ones that did not.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Replies {
+    pub verified: u64,
+    pub corrupted: u64,
+}
+
+/// Shared between a pinger and its owner: a stop flag and the reply
+/// counters the owner can wait on. Only verified replies count as traffic
+/// flowing; a corrupted one wakes the waiters at once (it fails the test,
+/// whatever else happens).
 #[derive(Debug, Default)]
 pub struct Control {
     stop: AtomicBool,
-    replies: Mutex<u64>,
+    replies: Mutex<Replies>,
     cv: Condvar,
 }
 
@@ -87,21 +97,37 @@ impl Control {
         self.stop.load(Ordering::Relaxed)
     }
 
-    fn replied(&self) {
-        *self.replies.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+    /// A reply arrived; `intact`: its payload is the one its request carried.
+    fn replied(&self, intact: bool) {
+        let mut r = self.replies.lock().unwrap_or_else(|p| p.into_inner());
+        if intact {
+            r.verified += 1;
+        } else {
+            r.corrupted += 1;
+        }
+        drop(r);
         self.cv.notify_all();
     }
 
-    /// Good replies so far.
-    pub fn replies(&self) -> u64 {
+    /// Both counters now.
+    pub fn counts(&self) -> Replies {
         *self.replies.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Wait until at least `n` good replies arrived; false after `limit`.
-    pub fn wait_replies(&self, n: u64, limit: Duration) -> bool {
+    /// Verified replies so far.
+    pub fn replies(&self) -> u64 {
+        self.counts().verified
+    }
+
+    /// Wait until at least `n` verified replies arrived, a corrupted one
+    /// arrived, or `limit` passed; returns the counters then.
+    pub fn wait_replies(&self, n: u64, limit: Duration) -> Replies {
         let g = self.replies.lock().unwrap_or_else(|p| p.into_inner());
-        let (g, _) = self.cv.wait_timeout_while(g, limit, |r| *r < n).unwrap_or_else(|p| p.into_inner());
-        *g >= n
+        let (g, _) = self
+            .cv
+            .wait_timeout_while(g, limit, |r| r.verified < n && r.corrupted == 0)
+            .unwrap_or_else(|p| p.into_inner());
+        *g
     }
 }
 
@@ -183,6 +209,14 @@ impl PingStats {
     /// Every request answered with the right data.
     pub fn perfect(&self) -> bool {
         self.transmitted > 0 && self.received == self.transmitted && self.corrupted == 0 && self.send_errors == 0
+    }
+
+    /// How many replies came back with other data than their request
+    /// carried, if any did.
+    pub fn corruption(&self) -> Option<String> {
+        (self.corrupted > 0).then(|| {
+            format!("{} of {} replies corrupted (data differs from the request's)", self.corrupted, self.received)
+        })
     }
 
     pub fn summary(&self) -> String {
@@ -335,7 +369,7 @@ impl Pinger {
                 match self.recv(left.min(Duration::from_millis(200)), opts.size)? {
                     Some((s, ok)) if s == seq => {
                         st.record(sent.elapsed());
-                        ctl.replied();
+                        ctl.replied(ok);
                         if !ok {
                             st.corrupted += 1;
                         }
@@ -377,7 +411,7 @@ impl Pinger {
             if let Some((s, ok)) = self.recv(Duration::from_millis(50), opts.size)? {
                 if let Some(t) = inflight.remove(&s) {
                     st.record(t.elapsed());
-                    ctl.replied();
+                    ctl.replied(ok);
                     if !ok {
                         st.corrupted += 1;
                     }
@@ -489,8 +523,9 @@ impl BackgroundPing {
         self.ctl.clone()
     }
 
-    /// Wait until `n` replies came back (the flood is really flowing).
-    pub fn wait_replies(&self, n: u64, limit: Duration) -> bool {
+    /// Wait until `n` verified replies came back (the flood is really
+    /// flowing), or a corrupted one did; the counters then.
+    pub fn wait_replies(&self, n: u64, limit: Duration) -> Replies {
         self.ctl.wait_replies(n, limit)
     }
 
@@ -552,6 +587,40 @@ mod tests {
     }
 
     #[test]
+    fn only_verified_replies_count_as_flow() {
+        let ctl = Control::default();
+        ctl.replied(true);
+        ctl.replied(false);
+        ctl.replied(true);
+        assert_eq!(ctl.replies(), 2);
+        assert_eq!(ctl.counts(), Replies { verified: 2, corrupted: 1 });
+        // Enough verified replies: no wait.
+        assert_eq!(ctl.wait_replies(2, Duration::ZERO).verified, 2);
+    }
+
+    #[test]
+    fn a_corrupted_reply_ends_the_wait_for_flow() {
+        let ctl = Arc::new(Control::default());
+        let c = ctl.clone();
+        let t = std::thread::spawn(move || {
+            c.replied(true);
+            c.replied(false);
+        });
+        let began = Instant::now();
+        // Corrupted replies never make up for missing verified ones, and
+        // the first one ends the wait (well before the limit).
+        let r = ctl.wait_replies(100, Duration::from_secs(60));
+        t.join().unwrap();
+        assert_eq!(r.corrupted, 1, "{r:?}");
+        assert!(r.verified <= 1, "{r:?}");
+        assert!(began.elapsed() < Duration::from_secs(30));
+        // Without corruption the wait ends at the limit, short of the count.
+        let quiet = Control::default();
+        quiet.replied(true);
+        assert_eq!(quiet.wait_replies(5, Duration::from_millis(10)), Replies { verified: 1, corrupted: 0 });
+    }
+
+    #[test]
     fn stats() {
         let mut s = PingStats { transmitted: 4, ..Default::default() };
         s.record(Duration::from_millis(2));
@@ -562,6 +631,10 @@ mod tests {
         assert_eq!(s.loss_percent(), 50.0);
         assert!(!s.perfect());
         assert!(s.summary().contains("4 transmitted, 2 received, 50.0% loss"));
+        assert_eq!(s.corruption(), None);
+        s.corrupted = 1;
+        assert_eq!(s.corruption().unwrap(), "1 of 2 replies corrupted (data differs from the request's)");
+        s.corrupted = 0;
         s.in_flight = 2;
         assert_eq!(s.loss_percent(), 0.0);
         assert!(s.summary().contains("2 in flight at stop"), "{}", s.summary());
