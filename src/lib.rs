@@ -30,11 +30,9 @@
 //!   (errors with context). No netns crate, no DNS, no /etc: statically
 //!   linkable for a busybox initramfs.
 
-pub mod attach;
 pub mod bench;
 pub mod fuzz;
 pub mod net;
-pub mod races;
 pub mod report;
 pub mod serve;
 pub mod suite;
@@ -44,6 +42,7 @@ pub mod sys;
 pub use net::icmp;
 pub use report::ktap;
 pub use serve::fake;
+pub use suite::{attach, races};
 pub use sys::{ioctl, kmsg, netns, tap, vhost, vktest};
 
 /// The errno at the root of an error chain, if any.
