@@ -3,7 +3,7 @@
 
 pub mod fake;
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::time::Duration;
@@ -15,7 +15,7 @@ use crate::attach::{open_and_wire, Rig};
 use crate::fake::FakePair;
 use crate::ioctl::VHOST_NET_F_VIRTIO_NET_HDR;
 use crate::net::{if_index, Link, LinkWatcher};
-use crate::sys::virtio::{interfaces_of_vdpa, vdpa_devices, vdpa_of_interface, virtio_device_of, SYSFS};
+use crate::sys::virtio::{vdpa_devices_in, vdpa_net_interfaces, vdpa_of_interface, virtio_device_of, SYSFS};
 use crate::tap::{derived_offloads, Tap, TAP_OFFLOADS, TAP_TEMPLATE};
 use crate::vhost::{FeatureSet, RX_QUEUE, TX_QUEUE, VHOST_NET_BITS, VHOST_NET_KERNEL_PATH};
 use crate::vktest::VKTEST_PATH;
@@ -269,7 +269,7 @@ impl AttachLock {
 
 /// The one vdpa device in `after` that is not in `before`: ours, read under
 /// the [`AttachLock`]. None or several is an error naming them.
-fn our_vdpa(before: &HashSet<String>, after: &HashSet<String>) -> Result<String> {
+fn our_vdpa(before: &BTreeSet<String>, after: &BTreeSet<String>) -> Result<String> {
     let mut new: Vec<&String> = after.difference(before).collect();
     new.sort();
     match new.as_slice() {
@@ -290,15 +290,16 @@ async fn bring_up(opts: &ServeOpts) -> Result<(Rig, Interfaces)> {
     let tap = rig.tap.name().to_string();
     let vdpa = {
         let _lock = AttachLock::take(opts.timeout)?;
-        let before = vdpa_devices(SYSFS)?;
+        let before = vdpa_devices_in(SYSFS)?;
         rig.attach()?;
-        our_vdpa(&before, &vdpa_devices(SYSFS)?)?
+        our_vdpa(&before, &vdpa_devices_in(SYSFS)?)?
     };
     // virtio-net probes within VKTEST_ATTACH_VHOST, so the interface is
     // normally there already (reading its event back would cost ~10 ms of
     // guest time in netlink parsing); otherwise the link event of an
     // interface under our vdpa device decides.
-    let g2h = match interfaces_of_vdpa(SYSFS, &vdpa)?.as_slice() {
+    let names: Vec<String> = vdpa_net_interfaces(SYSFS, &vdpa)?.into_iter().map(|(_, name)| name).collect();
+    let g2h = match names.as_slice() {
         [name] => Link { index: if_index(name)?, name: name.clone() },
         [] => {
             watcher
@@ -508,14 +509,17 @@ mod tests {
     fn the_interface_is_the_one_under_our_vdpa_device() {
         let root = sysfs_tree();
         let sys = root.to_str().unwrap();
-        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<HashSet<String>>();
-        assert_eq!(vdpa_devices(sys).unwrap(), set(&["vdpa0", "vdpa1"]));
+        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<String>>();
+        assert_eq!(vdpa_devices_in(sys).unwrap(), set(&["vdpa0", "vdpa1"]));
         // vdpa0 was there before our attach (another serve's), vdpa1 came with it.
-        let ours = our_vdpa(&set(&["vdpa0"]), &vdpa_devices(sys).unwrap()).unwrap();
+        let ours = our_vdpa(&set(&["vdpa0"]), &vdpa_devices_in(sys).unwrap()).unwrap();
         assert_eq!(ours, "vdpa1");
         // Both are new virtio-net interfaces; only eth1 is under our device.
-        assert_eq!(interfaces_of_vdpa(sys, &ours).unwrap(), ["eth1"]);
-        assert_eq!(interfaces_of_vdpa(sys, "vdpa0").unwrap(), ["eth0"]);
+        assert_eq!(vdpa_net_interfaces(sys, &ours).unwrap().into_iter().map(|(_, n)| n).collect::<Vec<_>>(), ["eth1"]);
+        assert_eq!(
+            vdpa_net_interfaces(sys, "vdpa0").unwrap().into_iter().map(|(_, n)| n).collect::<Vec<_>>(),
+            ["eth0"]
+        );
         assert_eq!(vdpa_of_interface(sys, "eth1").as_deref(), Some("vdpa1"));
         assert_eq!(vdpa_of_interface(sys, "eth0").as_deref(), Some("vdpa0"));
         // Not vdpa: a PCI virtio-net interface, a TAP, a missing one.
@@ -523,11 +527,11 @@ mod tests {
             assert_eq!(vdpa_of_interface(sys, name), None, "{name}");
         }
         // Two devices appearing during one attach: refuse to guess.
-        let e = our_vdpa(&set(&[]), &vdpa_devices(sys).unwrap()).unwrap_err().to_string();
+        let e = our_vdpa(&set(&[]), &vdpa_devices_in(sys).unwrap()).unwrap_err().to_string();
         assert!(e.contains("[\"vdpa0\", \"vdpa1\"]") && e.contains("cannot tell"), "{e}");
-        let e = our_vdpa(&set(&["vdpa0", "vdpa1"]), &vdpa_devices(sys).unwrap()).unwrap_err().to_string();
+        let e = our_vdpa(&set(&["vdpa0", "vdpa1"]), &vdpa_devices_in(sys).unwrap()).unwrap_err().to_string();
         assert!(e.contains("no vdpa device appeared"), "{e}");
-        assert!(interfaces_of_vdpa(sys, "vdpa7").unwrap().is_empty());
+        assert!(vdpa_net_interfaces(sys, "vdpa7").unwrap().into_iter().map(|(_, n)| n).collect::<Vec<_>>().is_empty());
         std::fs::remove_dir_all(&root).unwrap();
     }
 

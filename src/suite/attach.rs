@@ -14,7 +14,7 @@ use crate::errno_of;
 use crate::ioctl::{self, VhostVringAddr, VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1};
 use crate::ktap::Outcome;
 use crate::net::{if_index, LinkWatcher};
-use crate::races::{dir_names, vdpa_devices, VDPA_DEVICES};
+use crate::sys::virtio::{vdpa_devices, vdpa_net_interfaces, SYSFS, VDPA_DEVICES};
 use crate::tap::{Tap, TAP_TEMPLATE};
 use crate::vhost::{node_exists, VhostNetKernel, RX_QUEUE, TX_QUEUE, VHOST_NET_PATH};
 use crate::vktest::Vktest;
@@ -200,24 +200,14 @@ fn attach_from_another_process(rig: &Rig) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// The one entry of `dir` whose name starts with `prefix`; `what` names
-/// the entry in the errors.
-fn only_entry(dir: &str, prefix: &str, what: &str) -> Result<String> {
-    let found: Vec<String> = dir_names(dir)?.into_iter().filter(|n| n.starts_with(prefix)).collect();
-    match found.as_slice() {
-        [one] => Ok(one.clone()),
-        [] => bail!("no {what} in {dir}"),
-        _ => bail!("{} {what}s in {dir}, expected one: {}", found.len(), found.join(", ")),
-    }
-}
-
 /// The virtio device on vDPA device `dev` and the network interface
 /// virtio-net made of it (`/sys/bus/vdpa/devices/DEV/virtioN/net/IF`).
 pub fn vdpa_net_interface(dev: &str) -> Result<(String, String)> {
-    let base = format!("{VDPA_DEVICES}/{dev}");
-    let virtio = only_entry(&base, "virtio", "virtio device (virtio_vdpa did not bind?)")?;
-    let ifname = only_entry(&format!("{base}/{virtio}/net"), "", "network interface (virtio_net did not bind?)")?;
-    Ok((virtio, ifname))
+    match vdpa_net_interfaces(SYSFS, dev)?.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!("no network interface under {VDPA_DEVICES}/{dev} (virtio_vdpa or virtio_net did not bind?)"),
+        many => bail!("{} network interfaces under {VDPA_DEVICES}/{dev}, expected one: {many:?}", many.len()),
+    }
 }
 
 /// `attach_once`: a zero return is not enough. The attach must register a

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::attach::Rig;
-use crate::net::{if_index, virtio_device_of, LinkEvent, LinkWatcher, Rtnl};
+use crate::net::{if_index, LinkEvent, LinkWatcher, Rtnl};
+use crate::sys::virtio::{is_virtio_net, vdpa_devices};
 
 /// Default cycles of `attach_close_loop` (`run --cycles`).
 pub const DEFAULT_CYCLES: u32 = 1000;
@@ -19,9 +20,6 @@ pub fn cycles_per_pass(passes: u32) -> u32 {
     DEFAULT_CYCLES.div_ceil(passes.max(1))
 }
 
-/// Where registered vDPA devices show up.
-pub const VDPA_DEVICES: &str = "/sys/bus/vdpa/devices";
-
 /// What a process and the kernel hold that a cycle could leak.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
@@ -31,22 +29,6 @@ pub struct Snapshot {
     pub vdpa: BTreeSet<String>,
     /// Our open fds: number -> what /proc/self/fd/N points to.
     pub fds: BTreeMap<i32, String>,
-}
-
-/// Names of the entries of `dir` (empty if it does not exist).
-pub(crate) fn dir_names(dir: &str) -> Result<BTreeSet<String>> {
-    match std::fs::read_dir(dir) {
-        Ok(rd) => rd
-            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()).with_context(|| format!("read {dir}")))
-            .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
-        Err(e) => Err(e).with_context(|| format!("read {dir}")),
-    }
-}
-
-/// Names of the registered vDPA devices (under [`VDPA_DEVICES`]).
-pub fn vdpa_devices() -> Result<BTreeSet<String>> {
-    dir_names(VDPA_DEVICES)
 }
 
 /// Our open fds with their targets (the fd of the directory listing itself excluded).
@@ -90,11 +72,6 @@ impl Snapshot {
     }
 }
 
-/// Whether a new link is the virtio-net end (not a TAP).
-fn is_g2h(l: &crate::net::Link) -> bool {
-    !l.name.starts_with("vhostkernel") && virtio_device_of(&l.name).map(|d| d.starts_with("virtio")).unwrap_or(false)
-}
-
 /// Wait until every ifindex of `pending` had its RTM_DELLINK.
 pub async fn wait_all_gone(w: &mut LinkWatcher, pending: &mut HashSet<u32>, t: Duration, what: &str) -> Result<()> {
     let deadline = tokio::time::Instant::now() + t;
@@ -115,7 +92,9 @@ async fn one_cycle(w: &mut LinkWatcher, known: &mut HashSet<u32>, n: u32, t: Dur
     let tap_idx = if_index(rig.tap.name())?;
     known.insert(tap_idx);
     rig.attach().with_context(|| format!("cycle {n}"))?;
-    let g2h = w.wait_new_link(known, is_g2h, t, &format!("the virtio-net interface of cycle {n}")).await?;
+    let g2h = w
+        .wait_new_link(known, |l| is_virtio_net(&l.name), t, &format!("the virtio-net interface of cycle {n}"))
+        .await?;
     known.insert(g2h.index);
     drop(rig);
     let mut pending: HashSet<u32> = [g2h.index, tap_idx].into();
@@ -192,6 +171,6 @@ mod tests {
         let with = open_fds().unwrap();
         assert!(with.values().any(|t| t.ends_with("/status")), "{with:?}");
         drop(f);
-        assert!(dir_names("/nonexistent-dir").unwrap().is_empty());
+        assert!(crate::sys::virtio::dir_names("/nonexistent-dir").unwrap().is_empty());
     }
 }

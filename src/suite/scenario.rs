@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use nix::sys::signal::Signal;
 
-use crate::net::{virtio_device_of, Link, LinkWatcher, Rtnl};
+use crate::net::{LinkWatcher, Rtnl};
 use crate::netns::{self, NetnsGuard};
-use crate::races::{vdpa_devices, VDPA_DEVICES};
 use crate::serve::Interfaces;
+use crate::sys::virtio::{is_virtio_net, vdpa_devices, VDPA_DEVICES};
 use crate::vhost::{feature_names, virtio_negotiated_features, FeatureSet, VHOST_NET_KERNEL_PATH};
 use crate::vktest::VKTEST_PATH;
 
@@ -48,11 +48,6 @@ impl Teardown {
 
 pub(crate) fn write_sysfs(path: &str, value: &str) -> Result<()> {
     std::fs::write(path, value).with_context(|| format!("write {value:?} to {path}"))
-}
-
-/// Whether `name` looks like a virtio-net interface (its device is virtioN).
-pub(crate) fn is_virtio_net(l: &Link) -> bool {
-    !l.name.starts_with("vhostkernel") && virtio_device_of(&l.name).map(|d| d.starts_with("virtio")).unwrap_or(false)
 }
 
 /// The feature set a scenario's serve gets: `--features SET`, else the
@@ -335,7 +330,12 @@ pub(crate) async fn unbind_rebind(
     let known: HashSet<u32> = root.links().await?.iter().map(|l| l.index).collect();
     write_sysfs(&format!("{VIRTIO_NET_DRIVER}/bind"), dev)?;
     let new = rw
-        .wait_new_link(&known, is_virtio_net, t, &format!("a virtio-net interface to appear after binding {dev}"))
+        .wait_new_link(
+            &known,
+            |l| is_virtio_net(&l.name),
+            t,
+            &format!("a virtio-net interface to appear after binding {dev}"),
+        )
         .await?;
     diag(format!("rebound: {dev} is back as {}", new.name));
     let new_idx = place(root, new.index, &new.name, &pair.g2h_ns, G2H_ADDR, t).await?;

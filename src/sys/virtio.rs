@@ -2,7 +2,8 @@
 //! virtio-net one and under which vDPA device, and what its driver
 //! negotiated. The one place that answers "is this our virtio-net".
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
+use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
 
@@ -27,18 +28,32 @@ pub fn is_virtio_net(name: &str) -> bool {
     virtio_device_of(name).is_ok_and(|d| d.starts_with("virtio"))
 }
 
-/// Names of the entries of `dir` (an empty set if it does not exist).
-pub fn dir_names(dir: &std::path::Path) -> Result<HashSet<String>> {
+/// Where registered vDPA devices show up.
+pub const VDPA_DEVICES: &str = "/sys/bus/vdpa/devices";
+
+/// Names of the entries of `dir` (empty if it does not exist).
+pub fn dir_names(dir: impl AsRef<Path>) -> Result<BTreeSet<String>> {
+    let dir = dir.as_ref();
     match std::fs::read_dir(dir) {
-        Ok(d) => Ok(d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashSet::new()),
+        Ok(rd) => rd
+            .map(|e| {
+                e.map(|e| e.file_name().to_string_lossy().into_owned())
+                    .with_context(|| format!("read {}", dir.display()))
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
         Err(e) => Err(e).with_context(|| format!("read {}", dir.display())),
     }
 }
 
-/// The vdpa devices registered now (`/sys/bus/vdpa/devices`).
-pub fn vdpa_devices(sys: &str) -> Result<HashSet<String>> {
-    dir_names(&std::path::Path::new(sys).join("bus/vdpa/devices"))
+/// The vdpa devices registered now, under sysfs root `sys`.
+pub fn vdpa_devices_in(sys: &str) -> Result<BTreeSet<String>> {
+    dir_names(Path::new(sys).join("bus/vdpa/devices"))
+}
+
+/// The vdpa devices registered now ([`VDPA_DEVICES`]).
+pub fn vdpa_devices() -> Result<BTreeSet<String>> {
+    vdpa_devices_in(SYSFS)
 }
 
 /// The vdpa device above interface `name`: its `device` is a virtio device
@@ -51,17 +66,17 @@ pub fn vdpa_of_interface(sys: &str, name: &str) -> Option<String> {
     (is_virtio && vdpa.starts_with("vdpa")).then_some(vdpa)
 }
 
-/// The network interfaces under vdpa device `vdpa`: the `net/` entries of
-/// its virtio children (/sys/bus/vdpa/devices/vdpaN/virtioM/net/NAME).
-pub fn interfaces_of_vdpa(sys: &str, vdpa: &str) -> Result<Vec<String>> {
-    let dev = std::path::Path::new(sys).join("bus/vdpa/devices").join(vdpa);
+/// The network interfaces under vdpa device `vdpa`, each with the virtio
+/// device it is made of: `(virtioM, NAME)` for every
+/// /sys/bus/vdpa/devices/vdpaN/virtioM/net/NAME, sorted.
+pub fn vdpa_net_interfaces(sys: &str, vdpa: &str) -> Result<Vec<(String, String)>> {
+    let dev = Path::new(sys).join("bus/vdpa/devices").join(vdpa);
     let mut out = Vec::new();
-    for child in dir_names(&dev)? {
-        if child.starts_with("virtio") {
-            out.extend(dir_names(&dev.join(&child).join("net"))?);
+    for virtio in dir_names(&dev)?.into_iter().filter(|c| c.starts_with("virtio")) {
+        for name in dir_names(dev.join(&virtio).join("net"))? {
+            out.push((virtio.clone(), name));
         }
     }
-    out.sort();
     Ok(out)
 }
 
