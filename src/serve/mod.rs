@@ -2,6 +2,9 @@
 //! attaches, reports the two new interfaces, and holds them until a signal.
 
 pub mod fake;
+pub mod rig;
+
+pub use rig::{Eventfds, Rig};
 
 use std::collections::{BTreeSet, HashSet};
 use std::io::Write;
@@ -11,13 +14,11 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::attach::{open_and_wire, Rig};
 use crate::fake::FakePair;
-use crate::ioctl::VHOST_NET_F_VIRTIO_NET_HDR;
 use crate::net::{if_index, Link, LinkWatcher};
 use crate::sys::virtio::{vdpa_devices_in, vdpa_net_interfaces, vdpa_of_interface, virtio_device_of, SYSFS};
-use crate::tap::{derived_offloads, Tap, TAP_OFFLOADS, TAP_TEMPLATE};
-use crate::vhost::{FeatureSet, RX_QUEUE, TX_QUEUE, VHOST_NET_BITS, VHOST_NET_KERNEL_PATH};
+use crate::tap::{derived_offloads, TAP_OFFLOADS};
+use crate::vhost::{FeatureSet, VHOST_NET_KERNEL_PATH};
 use crate::vktest::VKTEST_PATH;
 
 /// Which TUNSETOFFLOAD flags the TAP backend gets.
@@ -115,43 +116,6 @@ impl ServeOpts {
             TapOffloads::Derived => derived_offloads(self.features.bits),
         }
     }
-}
-
-/// The serve flow up to (not including) VKTEST_ATTACH_VHOST. With the RFC's
-/// features and TAP offloads this is exactly [`Rig::prepare`]; otherwise the
-/// same sequence, with the vhost-net part of `opts.features`
-/// ([`FeatureSet::vhost_bits`]) for VHOST_SET_FEATURES, the whole set for
-/// VKTEST_SET_FEATURES (so virtio-net negotiates the same), and the chosen
-/// TAP offloads.
-pub fn prepare_rig(opts: &ServeOpts) -> Result<Rig> {
-    let offloads = opts.tap_offload_flags();
-    if opts.features.is_rfc() && offloads == TAP_OFFLOADS {
-        return Rig::prepare(opts.vhost_hdr);
-    }
-    if opts.vhost_hdr && opts.features.bits & !VHOST_NET_BITS != 0 {
-        bail!(
-            "--vhost-hdr with checksum/TSO features ({}): without the TAP's vnet header the offload metadata is lost",
-            opts.features
-        );
-    }
-    let (efds, vhost, vktest) = open_and_wire()?;
-    let mut features = opts.features.vhost_bits();
-    if opts.vhost_hdr {
-        features |= VHOST_NET_F_VIRTIO_NET_HDR;
-    }
-    vhost.set_features(features).with_context(|| format!("feature set {}", opts.features))?;
-    if !opts.features.is_rfc() {
-        vktest.set_features(opts.features.bits).with_context(|| format!("feature set {}", opts.features))?;
-    }
-    let tap = if opts.vhost_hdr {
-        Tap::create(TAP_TEMPLATE, false)?
-    } else {
-        Tap::create_vhost_backend_with(TAP_TEMPLATE, offloads)?
-    };
-    for q in [RX_QUEUE, TX_QUEUE] {
-        vhost.set_backend(q, tap.as_fd())?;
-    }
-    Ok(Rig { vhost, vktest, tap, efds })
 }
 
 /// The two interfaces the serve flow created.
@@ -286,7 +250,7 @@ fn our_vdpa(before: &BTreeSet<String>, after: &BTreeSet<String>) -> Result<Strin
 async fn bring_up(opts: &ServeOpts) -> Result<(Rig, Interfaces)> {
     // Subscribe before anything is created, so no link event is missed.
     let mut watcher = LinkWatcher::new(None)?;
-    let rig = prepare_rig(opts)?;
+    let rig = Rig::prepare(opts)?;
     let tap = rig.tap.name().to_string();
     let vdpa = {
         let _lock = AttachLock::take(opts.timeout)?;
@@ -473,7 +437,7 @@ mod tests {
         assert_eq!("derived".parse::<TapOffloads>().unwrap(), TapOffloads::Derived);
         // Checked before any device is opened.
         let hdr = ServeOpts { vhost_hdr: true, features: FeatureSet::offloads(), ..Default::default() };
-        let e = prepare_rig(&hdr).err().map(|e| e.to_string()).unwrap_or_default();
+        let e = Rig::prepare(&hdr).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("--vhost-hdr with checksum/TSO features (offloads)"), "{e}");
         assert!("all".parse::<TapOffloads>().is_err());
     }

@@ -14,9 +14,10 @@ use crate::errno_of;
 use crate::ioctl::{self, VhostVringAddr, VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1};
 use crate::ktap::Outcome;
 use crate::net::{if_index, LinkWatcher};
+use crate::serve::rig::{configured_vhost, configured_vktest, Eventfds, Rig};
+use crate::serve::ServeOpts;
 use crate::sys::virtio::{vdpa_devices, vdpa_net_interfaces, SYSFS, VDPA_DEVICES};
-use crate::tap::{Tap, TAP_TEMPLATE};
-use crate::vhost::{node_exists, VhostNetKernel, RX_QUEUE, TX_QUEUE, VHOST_NET_PATH};
+use crate::vhost::{node_exists, VhostNetKernel, RX_QUEUE, VHOST_NET_PATH};
 use crate::vktest::Vktest;
 
 /// The attach test points, in KTAP order.
@@ -46,95 +47,6 @@ pub const ATTACH_TESTS: &[&str] = &[
     "attach_closed_fd_ebadf",
     "attach_by_non_owner_eperm",
 ];
-
-/// The four eventfds: kick0, call0, kick1, call1.
-pub struct Eventfds {
-    pub kick: [EventFd; 2],
-    pub call: [EventFd; 2],
-}
-
-impl Eventfds {
-    pub fn new() -> Result<Self> {
-        let e = || -> Result<EventFd> {
-            EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC)
-                .map_err(|e| anyhow::Error::new(e).context("eventfd(0, EFD_CLOEXEC)"))
-        };
-        Ok(Eventfds { kick: [e()?, e()?], call: [e()?, e()?] })
-    }
-}
-
-/// Everything the RFC's --serve flow sets up before attaching.
-pub struct Rig {
-    pub vhost: VhostNetKernel,
-    pub vktest: Vktest,
-    pub tap: Tap,
-    pub efds: Eventfds,
-}
-
-/// Open a vhost-net-kernel, SET_OWNER, wire `efds` to it, set features.
-pub fn configured_vhost(efds: &Eventfds, features: u64) -> Result<VhostNetKernel> {
-    let vhost = VhostNetKernel::open()?;
-    vhost.set_owner()?;
-    for q in [RX_QUEUE, TX_QUEUE] {
-        vhost.set_vring_kick(q, efds.kick[q as usize].as_fd())?;
-        vhost.set_vring_call(q, efds.call[q as usize].as_fd())?;
-    }
-    vhost.set_features(features)?;
-    Ok(vhost)
-}
-
-/// Open a vktest and wire `efds` to it (`call_q1 = false` leaves queue 1's call unset).
-pub fn configured_vktest(efds: &Eventfds, call_q1: bool) -> Result<Vktest> {
-    let vk = Vktest::open()?;
-    for q in [RX_QUEUE, TX_QUEUE] {
-        vk.set_vring_kick(q, efds.kick[q as usize].as_fd())?;
-        if q == RX_QUEUE || call_q1 {
-            vk.set_vring_call(q, efds.call[q as usize].as_fd())?;
-        }
-    }
-    Ok(vk)
-}
-
-/// The first steps of the serve flow: open both nodes, SET_OWNER, and hand
-/// each of the four eventfds to both devices (one kick and one call per
-/// queue, shared by vktest and vhost).
-pub fn open_and_wire() -> Result<(Eventfds, VhostNetKernel, Vktest)> {
-    let efds = Eventfds::new()?;
-    let vhost = VhostNetKernel::open()?;
-    let vktest = Vktest::open()?;
-    vhost.set_owner()?;
-    for q in [RX_QUEUE, TX_QUEUE] {
-        let i = q as usize;
-        vhost.set_vring_kick(q, efds.kick[i].as_fd())?;
-        vktest.set_vring_kick(q, efds.kick[i].as_fd())?;
-        vhost.set_vring_call(q, efds.call[i].as_fd())?;
-        vktest.set_vring_call(q, efds.call[i].as_fd())?;
-    }
-    Ok((efds, vhost, vktest))
-}
-
-impl Rig {
-    /// The serve flow up to (not including) VKTEST_ATTACH_VHOST.
-    /// `vhost_hdr`: negotiate VHOST_NET_F_VIRTIO_NET_HDR and use a TAP
-    /// without IFF_VNET_HDR (vhost adds/strips the header itself).
-    pub fn prepare(vhost_hdr: bool) -> Result<Self> {
-        let (efds, vhost, vktest) = open_and_wire()?;
-        let mut features = VIRTIO_F_VERSION_1 | VIRTIO_F_ACCESS_PLATFORM;
-        if vhost_hdr {
-            features |= crate::ioctl::VHOST_NET_F_VIRTIO_NET_HDR;
-        }
-        vhost.set_features(features)?;
-        let tap = if vhost_hdr { Tap::create(TAP_TEMPLATE, false)? } else { Tap::create_vhost_backend(TAP_TEMPLATE)? };
-        for q in [RX_QUEUE, TX_QUEUE] {
-            vhost.set_backend(q, tap.as_fd())?;
-        }
-        Ok(Rig { vhost, vktest, tap, efds })
-    }
-
-    pub fn attach(&self) -> Result<()> {
-        self.vktest.attach_vhost(self.vhost.as_fd())
-    }
-}
 
 /// Ok if `res` failed with `want`; otherwise an error saying what happened.
 pub fn expect_errno(res: Result<()>, want: Errno, what: &str) -> Result<()> {
@@ -217,7 +129,7 @@ async fn attach_once(limit: Duration) -> Result<()> {
     // Subscribed before anything exists, so the removal cannot be missed.
     let mut links = LinkWatcher::new(None)?;
     let before = vdpa_devices()?;
-    let rig = Rig::prepare(false)?;
+    let rig = Rig::prepare(&ServeOpts::default())?;
     rig.attach()?;
     // virtio_vdpa and virtio-net probe within VKTEST_ATTACH_VHOST: what it
     // created is in sysfs when it returns.
@@ -245,18 +157,18 @@ pub async fn run_attach_test(name: &str, limit: Duration) -> Result<Outcome> {
     match name {
         "attach_once" => attach_once(limit).await?,
         "attach_same_vhost_twice_ebusy" => {
-            let rig = Rig::prepare(false)?;
+            let rig = Rig::prepare(&ServeOpts::default())?;
             rig.attach()?;
             let vk2 = configured_vktest(&rig.efds, true)?;
             expect_errno(vk2.attach_vhost(rig.vhost.as_fd()), Errno::EBUSY, "second vktest attaching the same vhost")?;
         }
         "vhost_set_features_after_attach_eperm" => {
-            let rig = Rig::prepare(false)?;
+            let rig = Rig::prepare(&ServeOpts::default())?;
             rig.attach()?;
             expect_errno(rig.vhost.set_features(FEATURES), Errno::EPERM, "VHOST_SET_FEATURES after attach")?;
         }
         "vhost_set_vring_kick_after_attach_eperm" => {
-            let rig = Rig::prepare(false)?;
+            let rig = Rig::prepare(&ServeOpts::default())?;
             rig.attach()?;
             expect_errno(
                 rig.vhost.set_vring_kick(RX_QUEUE, rig.efds.kick[0].as_fd()),
@@ -265,7 +177,7 @@ pub async fn run_attach_test(name: &str, limit: Duration) -> Result<Outcome> {
             )?;
         }
         "vktest_already_attached_ebusy" => {
-            let rig = Rig::prepare(false)?;
+            let rig = Rig::prepare(&ServeOpts::default())?;
             rig.attach()?;
             let efds = Eventfds::new()?;
             let other = configured_vhost(&efds, FEATURES)?;
@@ -355,7 +267,7 @@ pub async fn run_attach_test(name: &str, limit: Duration) -> Result<Outcome> {
             expect_errno(vk.attach_raw(closed), Errno::EBADF, &format!("attach of closed fd {closed}"))?;
         }
         "attach_by_non_owner_eperm" => {
-            let rig = Rig::prepare(false)?;
+            let rig = Rig::prepare(&ServeOpts::default())?;
             let said = attach_from_another_process(&rig)?;
             let want = format!("errno {}", Errno::EPERM as i32);
             if said != want {

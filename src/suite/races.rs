@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::attach::Rig;
 use crate::net::{if_index, LinkEvent, LinkWatcher, Rtnl};
+use crate::serve::{Rig, ServeOpts};
 use crate::sys::virtio::{is_virtio_net, vdpa_devices};
 
 /// Default cycles of `attach_close_loop` (`run --cycles`).
@@ -88,7 +88,7 @@ pub async fn wait_all_gone(w: &mut LinkWatcher, pending: &mut HashSet<u32>, t: D
 /// close (in serve's order: vhost, vktest, TAP, eventfds), wait for the g2h
 /// link and the TAP to go. `known` collects every ifindex seen.
 async fn one_cycle(w: &mut LinkWatcher, known: &mut HashSet<u32>, n: u32, t: Duration) -> Result<()> {
-    let rig = Rig::prepare(false)?;
+    let rig = Rig::prepare(&ServeOpts::default())?;
     let tap_idx = if_index(rig.tap.name())?;
     known.insert(tap_idx);
     rig.attach().with_context(|| format!("cycle {n}"))?;
