@@ -6,13 +6,13 @@ use std::net::Ipv6Addr;
 use std::time::Duration;
 
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use vhost_kernel_test::bench::BenchOpts;
 use vhost_kernel_test::fuzz::{fresh_seed, FuzzOpts, Limit};
 use vhost_kernel_test::net::icmp::{PingOpts, PingTarget};
 use vhost_kernel_test::serve::{CloseOrder, ServeOpts, TapOffloads};
-use vhost_kernel_test::suite::RunOpts;
+use vhost_kernel_test::suite::{self, RunOpts};
 use vhost_kernel_test::sys::vhost::FeatureSet;
 
 const ABOUT: &str = "\
@@ -96,46 +96,29 @@ and shown, with any that were asked for but not negotiated.
 Exit: 0 everything measured, 1 a figure or set failed, 4 the devices (or root)
 are missing.";
 
-const RUN_ABOUT: &str = "\
+/// The help of `run`: this text around the table of test points, which
+/// comes from the registry ([`suite::registry::help_table`]).
+const RUN_ABOUT_HEAD: &str = "\
 Run the whole suite, KTAP version 1 on stdout.
 
 First the attach sanity and negative ABI checks (one test point each), then
 the teardown scenarios. Each scenario starts `serve` as a child, moves the TAP
 (h2g) and the virtio-net interface (g2h) into namespaces <PREFIX>h2g and
 <PREFIX>g2h, gives them fe80::/64 and fe80::1/64 (nodad), checks 10 echoes of
-20000 bytes each way (0% loss, payload verified), starts a two-way flood, and
-then tears down while traffic flows:
-  teardown_exit                the serving process exits
-  teardown_close_vktest_first  /dev/vktest closed first (SIGUSR1), then exit
-  teardown_unbind              virtio_net unbound via sysfs, then exit
-  teardown_unbind_rebind       unbound and bound again; traffic must work again
-  traffic_vhost_net_hdr        as teardown_exit, vhost adds the virtio-net header
-then the end check (cleanup_no_leftovers), then the race scenarios:
-  teardown_close_vhost_first   vhost fd closed first (SIGUSR2): traffic goes on
-                               (vktest holds the device); then vktest, then exit
-  teardown_close_both_reverse  the serving process closes vktest, then vhost, exits
-  teardown_sigkill_mid_flood   the serving process is SIGKILLed mid-flood
-  teardown_rebind_repeated     5 unbind/bind rounds, each mid-flood, traffic after each
-  attach_close_loop            --cycles times (1000): open, wire, attach, wait for the
-                               interface, close, wait for it to go; then no
-                               interface, vdpa device or fd may be left
-and, when the kernel has kmemleak (a debug kernel), the leak check:
-  kmemleak_check               two kmemleak scans, the second once everything
-                               allocated so far is old enough to be reported;
-                               any unreferenced object fails it (report quoted).
-                               Leaks from before the run are set aside first.
+20000 bytes each way (0% loss, payload verified, the negotiated features
+those asked for), starts a two-way flood, and then tears down while traffic
+flows (any corrupted reply fails the point; loss does not). The points, in
+order:";
+
+const RUN_ABOUT_TAIL: &str = "\
 Any kernel WARNING/BUG/KASAN/UBSAN/lockdep/RCU/kmemleak/hung-task/oops report
 logged during a test point fails it (quoted as # lines), and so does a kernel
-log that could not be read whole (a marker not seen, records lost). The last
-point, when the kernel log is watched (not with --no-kernel-log):
-  kernel_log_between_points    fails on any report (or lost record) logged
-                               outside the points' own windows: before the
-                               first, between two, after the last.
-Stale namespaces with
-our names are removed first. Each point is followed by `# NAME: S s` (its
-duration), each scenario says its time to ready (serve started until both
-interfaces are up and addressed in their namespaces), and a `# timing:` line
-sums up the pass in guest time. Exit: 0 pass, 1 fail, 4 all skipped.
+log that could not be read whole (a marker not seen, records lost). Stale
+namespaces with our names are removed first. Each point is followed by
+`# NAME: S s` (its duration), each scenario says its time to ready (serve
+started until both interfaces are up and addressed in their namespaces), and a
+`# timing:` line sums up the pass in guest time. Exit: 0 pass, 1 fail, 4 all
+skipped.
 
 --repeat N runs the selected points N times in this process (a soak): each
 pass is a KTAP v1 subtest (indented `KTAP version 1`, `1..M`, results), then
@@ -145,6 +128,11 @@ are spread over the passes (ceil(1000/N) per pass, each pass checking that
 nothing is left), so that a soak costs N passes of the scenarios rather than
 N x 1000 cycles (159 ms a cycle on a KASAN kernel under TCG); --cycles sets
 the count per pass.";
+
+/// `run --help`'s long text.
+fn run_about() -> String {
+    format!("{RUN_ABOUT_HEAD}\n{}{RUN_ABOUT_TAIL}", suite::registry::help_table())
+}
 
 #[derive(Parser)]
 #[command(name = "vhost-kernel-test", version, about = ABOUT, after_help = format!("{EXAMPLES}\n\n{FEATURE_SETS}"))]
@@ -248,13 +236,13 @@ pub fn parse() -> Cli {
         let serve = ServeCli::parse_from(std::env::args_os().skip(1));
         return Cli { cmd: Cmd::Serve(serve.args) };
     }
-    Cli::parse()
+    let cmd = Cli::command().mut_subcommand("run", |run| run.long_about(run_about()));
+    Cli::from_arg_matches(&cmd.get_matches()).unwrap_or_else(|e| e.exit())
 }
 
 #[derive(Subcommand)]
 pub enum Cmd {
     /// Run the whole suite (attach checks, then teardown scenarios under traffic), KTAP on stdout.
-    #[command(long_about = RUN_ABOUT)]
     Run(RunArgs),
     /// Only the attach sanity and negative ABI checks, KTAP on stdout.
     Attach,

@@ -67,8 +67,7 @@ async fn real_main(cli: Cli) -> Result<i32> {
         }
         Cmd::ScanLog(args) => Ok(vhost_kernel_test::sys::kmsg::scan_log(&args.file, &mut std::io::stdout())),
         Cmd::Attach => {
-            interruptible(run_tests(vhost_kernel_test::attach::ATTACH_TESTS, &RunOpts::default(), std::io::stdout()))
-                .await
+            interruptible(run_tests(&suite::registry::attach_points(), &RunOpts::default(), std::io::stdout())).await
         }
         Cmd::Serve(args) => {
             vhost_kernel_test::serve::serve(&args.into()).await?;

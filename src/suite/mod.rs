@@ -25,12 +25,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::attach::{run_attach_test, ATTACH_TESTS};
 use crate::kmsg::{kmemleak_find_leaks, kmemleak_unavailable, KmsgMonitor, KMSG_PATH, LEAK_CHECK};
 use crate::ktap::{Ktap, Outcome, EXIT_ALL_SKIPPED};
 use crate::netns::{self};
 use crate::vhost::{node_exists, VHOST_NET_KERNEL_PATH};
 use crate::vktest::VKTEST_PATH;
+use attach::run_check;
 
 #[derive(Debug, Clone)]
 pub struct RunOpts {
@@ -106,47 +106,38 @@ type PointResult = Result<(Outcome, Option<Ready>)>;
 
 async fn run_one(name: &str, opts: &RunOpts, diag: &mut dyn FnMut(String)) -> PointResult {
     vdpa_at_start()?;
-    let teardown = match name {
-        "teardown_exit" => Some((Teardown::Exit, false)),
-        "teardown_close_vktest_first" => Some((Teardown::CloseVktestFirst, false)),
-        "teardown_unbind" => Some((Teardown::Unbind, false)),
-        "teardown_unbind_rebind" => Some((Teardown::UnbindRebind, false)),
-        "traffic_vhost_net_hdr" => Some((Teardown::Exit, true)),
-        "teardown_close_vhost_first" => Some((Teardown::CloseVhostFirst, false)),
-        "teardown_close_both_reverse" => Some((Teardown::CloseBothReverse, false)),
-        "teardown_sigkill_mid_flood" => Some((Teardown::SigkillMidFlood, false)),
-        "teardown_rebind_repeated" => Some((Teardown::RebindRepeated, false)),
-        _ => None,
-    };
-    if let Some((kind, hdr)) = teardown {
-        if opts.fake_device && (hdr || kind.needs_real_device()) {
-            return Ok((Outcome::Skip("needs the real virtio device (--fake-device)".into()), None));
+    let Some(p) = registry::point(name) else { bail!("unknown test {name}") };
+    if opts.fake_device {
+        match p.needs {
+            Needs::Devices => {
+                return Ok((Outcome::Skip("needs /dev/vhost-net-kernel and /dev/vktest (--fake-device)".into()), None))
+            }
+            Needs::RealVirtio => {
+                return Ok((Outcome::Skip("needs the real virtio device (--fake-device)".into()), None))
+            }
+            Needs::Serve | Needs::Nothing => {}
         }
-        let set = features_for(opts.features.as_deref(), hdr, diag)?;
-        if let Some(why) = feature_set_skip(&set, opts) {
-            return Ok((Outcome::Skip(why), None));
-        }
-        let ready = scenario(kind, hdr, &set, opts, diag).await?;
-        return Ok((Outcome::Pass, Some(ready)));
     }
-    let outcome = match name {
-        "attach_close_loop" if opts.fake_device => {
-            Outcome::Skip("needs /dev/vhost-net-kernel and /dev/vktest (--fake-device)".into())
+    let outcome = match p.body {
+        Body::Scenario { teardown, vhost_hdr } => {
+            let set = features_for(opts.features.as_deref(), vhost_hdr, diag)?;
+            if let Some(why) = feature_set_skip(&set, opts) {
+                return Ok((Outcome::Skip(why), None));
+            }
+            let ready = scenario(teardown, vhost_hdr, &set, opts, diag).await?;
+            return Ok((Outcome::Pass, Some(ready)));
         }
-        "attach_close_loop" => {
-            crate::races::attach_close_loop(opts.cycles, opts.timeout, diag).await?;
+        Body::Attach(check) => run_check(check, opts.timeout).await?,
+        Body::CloseLoop => {
+            races::attach_close_loop(opts.cycles, opts.timeout, diag).await?;
             Outcome::Pass
         }
-        "cleanup_no_leftovers" => {
+        Body::Cleanup => {
             check_no_leftovers(opts, vdpa_at_start()?).await?;
             Outcome::Pass
         }
-        LEAK_CHECK => leak_check(diag).await?,
-        _ if ATTACH_TESTS.contains(&name) && opts.fake_device => {
-            Outcome::Skip("needs /dev/vhost-net-kernel and /dev/vktest (--fake-device)".into())
-        }
-        _ if ATTACH_TESTS.contains(&name) => run_attach_test(name, opts.timeout).await?,
-        _ => bail!("unknown test {name}"),
+        Body::LeakCheck => leak_check(diag).await?,
+        Body::KernelLogBetween => bail!("{name} is the runner's own check, not a point to run"),
     };
     Ok((outcome, None))
 }
@@ -379,7 +370,7 @@ fn prepare_run<W: std::io::Write>(
     if let Some(reason) = skip_reason().filter(|_| !opts.fake_device) {
         return Err(NotRun::Skip(reason));
     }
-    if tests.iter().any(|t| SCENARIO_TESTS.contains(t) || RACE_TESTS.contains(t)) {
+    if registry::uses_namespaces(tests) {
         if let Err(e) = remove_stale_namespaces(opts, k) {
             k.diag(&format!("{e:#}"));
         }

@@ -40,12 +40,6 @@ pub enum Teardown {
 /// Unbind/bind rounds of `teardown_rebind_repeated`.
 pub const REBIND_ROUNDS: usize = 5;
 
-impl Teardown {
-    pub(crate) fn needs_real_device(self) -> bool {
-        matches!(self, Teardown::Unbind | Teardown::UnbindRebind | Teardown::RebindRepeated)
-    }
-}
-
 pub(crate) fn write_sysfs(path: &str, value: &str) -> Result<()> {
     std::fs::write(path, value).with_context(|| format!("write {value:?} to {path}"))
 }

@@ -1,23 +1,9 @@
 //! The runner, the kernel-log accounting and the scenario checks, without a kernel.
 
-use std::collections::HashSet;
-
 use crate::net::icmp::Replies;
 use crate::sys::vhost::FeatureSet;
 
 use super::*;
-
-#[test]
-fn test_names_unique_and_ordered() {
-    let all = all_tests();
-    let set: HashSet<_> = all.iter().collect();
-    assert_eq!(set.len(), all.len());
-    assert_eq!(all[0], "attach_once");
-    // The original points keep their numbers; the race scenarios follow.
-    let n = ATTACH_TESTS.len() + SCENARIO_TESTS.len();
-    assert_eq!(all[n - 1], "cleanup_no_leftovers");
-    assert_eq!(all[n..], *RACE_TESTS);
-}
 
 /// A kernel log as the reader would collect it: each sync appends its
 /// marker, then the lines scripted to follow that marker.
