@@ -305,7 +305,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub cycles: Option<u32>,
     /// Harness self-test: read the kernel log from this path instead of /dev/kmsg.
-    #[arg(long, value_name = "PATH", hide = true, default_value = vhost_kernel_test::kmsg::KMSG_PATH)]
+    #[arg(long, value_name = "PATH", hide = true, default_value = vhost_kernel_test::sys::kmsg::KMSG_PATH)]
     pub kmsg_path: String,
     /// Do not watch /dev/kmsg (where it cannot be read): kernel reports
     /// then go unnoticed. Without it, an unreadable kernel log stops the run (exit 1).
@@ -335,7 +335,7 @@ pub struct FuzzArgs {
     #[arg(long, default_value_t = 15)]
     pub timeout: u64,
     /// Harness self-test: read the kernel log from this path instead of /dev/kmsg.
-    #[arg(long, value_name = "PATH", hide = true, default_value = vhost_kernel_test::kmsg::KMSG_PATH)]
+    #[arg(long, value_name = "PATH", hide = true, default_value = vhost_kernel_test::sys::kmsg::KMSG_PATH)]
     pub kmsg_path: String,
     /// Do not watch /dev/kmsg (where it cannot be read): kernel reports
     /// then go unnoticed. Without it, an unreadable kernel log stops the run (exit 1).
@@ -439,7 +439,9 @@ impl RunArgs {
             fake_device: self.fake_device,
             features: self.features.as_ref().map(|f| f.name.clone()),
             kmsg_path: if self.no_kernel_log { String::new() } else { self.kmsg_path.clone() },
-            cycles: self.cycles.unwrap_or_else(|| vhost_kernel_test::races::cycles_per_pass(self.repeat.unwrap_or(1))),
+            cycles: self
+                .cycles
+                .unwrap_or_else(|| vhost_kernel_test::suite::races::cycles_per_pass(self.repeat.unwrap_or(1))),
             progress: self.progress,
             ..Default::default()
         }

@@ -8,12 +8,12 @@ use std::collections::HashSet;
 use std::process::Command;
 use std::time::Duration;
 
-use vhost_kernel_test::icmp::{ping, PingOpts, PingTarget};
-use vhost_kernel_test::ktap::Ktap;
+use vhost_kernel_test::net::icmp::{ping, PingOpts, PingTarget};
 use vhost_kernel_test::net::{if_index, LinkWatcher, Rtnl};
-use vhost_kernel_test::netns::{self, NetnsGuard};
+use vhost_kernel_test::report::ktap::Ktap;
 use vhost_kernel_test::suite::{remove_stale_namespaces, setup_pair, verify_two_way, RunOpts, G2H_ADDR, H2G_ADDR};
-use vhost_kernel_test::tap::Tap;
+use vhost_kernel_test::sys::netns::{self, NetnsGuard};
+use vhost_kernel_test::sys::tap::Tap;
 
 const T: Duration = Duration::from_secs(10);
 
@@ -203,7 +203,7 @@ async fn serve_child_failure_is_reported_not_hung() {
 #[test]
 #[ignore = "needs root"]
 fn kmsg_marker_sync_sees_our_own_record() {
-    let m = vhost_kernel_test::kmsg::KmsgMonitor::start().expect("root can read and write /dev/kmsg");
+    let m = vhost_kernel_test::sys::kmsg::KmsgMonitor::start().expect("root can read and write /dev/kmsg");
     let a = m.sync("itest-a", T).unwrap();
     let b = m.sync("itest-b", T).unwrap();
     assert!(b > a);

@@ -22,9 +22,9 @@ use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use super::report::{median, percentile_sorted};
-use crate::icmp::{Pinger, TimedOpts};
-use crate::netns;
+use crate::net::icmp::{Pinger, TimedOpts};
 use crate::suite::{Pair, G2H_ADDR, H2G_ADDR};
+use crate::sys::netns;
 
 /// Slice of every blocking wait, so that a stop request is seen quickly.
 const SLICE: Duration = Duration::from_millis(100);
@@ -351,7 +351,7 @@ pub struct RttStats {
     pub lost: u64,
     pub min_us: f64,
     pub median_us: f64,
-    /// Mean of the samples: unbiased even with a coarse clock (see [`clock_granularity`]).
+    /// Mean of the samples: unbiased even with a coarse clock (see [`super::report::clock_granularity`]).
     pub mean_us: f64,
     pub p99_us: f64,
 }

@@ -22,10 +22,11 @@ use nix::errno::Errno;
 
 use crate::errno_of;
 use crate::net::Rtnl;
-use crate::netns::{self, NetnsGuard};
 use crate::suite::{setup_pair, skip_reason, verify_two_way, ServeChild};
-use crate::vhost::{feature_names, virtio_negotiated_features, FeatureSet, VhostNetKernel, VHOST_NET_KERNEL_PATH};
-use crate::vktest::{Vktest, VKTEST_PATH};
+use crate::sys::netns::{self, NetnsGuard};
+use crate::sys::vhost::{feature_names, FeatureSet, VhostNetKernel, VHOST_NET_KERNEL_PATH};
+use crate::sys::virtio::virtio_negotiated_features;
+use crate::sys::vktest::{Vktest, VKTEST_PATH};
 use figures::{measure_path, Path, Stop, StopOnDrop};
 use report::{clock_granularity, json_error, json_skipped, Report, SetReport};
 
@@ -121,7 +122,7 @@ async fn measure_reps(
 /// One feature set: serve child, pair placed, sanity check, repetitions.
 async fn bench_set(opts: &BenchOpts, set: &FeatureSet, veth: &Path, stop: &Stop) -> SetReport {
     let mut r =
-        SetReport { set: set.clone(), tap_offloads: crate::tap::derived_offloads(set.bits), ..Default::default() };
+        SetReport { set: set.clone(), tap_offloads: crate::sys::tap::derived_offloads(set.bits), ..Default::default() };
     if let Err(e) = bench_set_inner(opts, set, veth, stop, &mut r).await {
         r.errors.push(format!("{e:#}"));
     }
@@ -238,7 +239,7 @@ pub async fn run_bench(opts: &BenchOpts) -> Result<Report> {
             progress(opts, &format!("set {}: skipped: {why}", set.name));
             report.sets.push(SetReport {
                 set: set.clone(),
-                tap_offloads: crate::tap::derived_offloads(set.bits),
+                tap_offloads: crate::sys::tap::derived_offloads(set.bits),
                 skipped: Some(why),
                 ..Default::default()
             });

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::figures::{PathRun, FIGURES};
-use crate::vhost::{feature_names, FeatureSet};
+use crate::sys::vhost::{feature_names, FeatureSet};
 
 /// Everything measured (or not) for one feature set.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -162,7 +162,7 @@ impl Report {
         o
     }
 
-    /// One line of JSON (the shape is [`JsonReport`]).
+    /// One line of JSON (the shape is the private `JsonReport`).
     pub fn json(&self) -> String {
         let r = JsonReport {
             duration_s: self.duration.as_secs_f64(),
@@ -298,7 +298,7 @@ fn fmt_ratio(v: Option<f64>) -> String {
 
 /// `csum,tso4,tso6` or `none`.
 pub fn tun_offload_names(flags: u32) -> String {
-    use crate::ioctl::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN};
+    use crate::sys::ioctl::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN};
     let names: Vec<&str> =
         [(TUN_F_CSUM, "csum"), (TUN_F_TSO4, "tso4"), (TUN_F_TSO6, "tso6"), (TUN_F_TSO_ECN, "tso_ecn")]
             .iter()
@@ -369,7 +369,7 @@ mod tests {
                 SetReport {
                     set: FeatureSet::rfc(),
                     device: "virtio0".into(),
-                    negotiated: Some(crate::vhost::RFC_FEATURES),
+                    negotiated: Some(crate::sys::vhost::RFC_FEATURES),
                     vhost: vec![run(&vec![10.0; n]), run(&vec![30.0; n]), failed],
                     veth: vec![run(&vec![100.0; n]), run(&vec![100.0; n]), run(&vec![40.0; n])],
                     ..Default::default()
@@ -414,7 +414,7 @@ mod tests {
         assert!(t.contains("error (vhost, repetition 3): TCP stream stalled"), "{t}");
         assert!(t.contains("feature set offloads (csum,guest_csum,guest_tso4,guest_tso6,host_tso4,host_tso6,mrg_rxbuf,version_1,access_platform), tap offloads csum,tso4,tso6\n  VHOST_SET_FEATURES mrg_rxbuf,version_1,access_platform; vktest offers csum,guest_csum,guest_tso4,guest_tso6,host_tso4,host_tso6,mrg_rxbuf,version_1,access_platform\n  skipped: not offered"), "{t}");
         let mut r = report();
-        r.sets[0].negotiated = Some(crate::vhost::RFC_FEATURES & !crate::ioctl::VIRTIO_F_ACCESS_PLATFORM);
+        r.sets[0].negotiated = Some(crate::sys::vhost::RFC_FEATURES & !crate::sys::ioctl::VIRTIO_F_ACCESS_PLATFORM);
         assert!(r.text().contains("NOT negotiated (asked, but the kernel did not agree): access_platform"));
     }
 
@@ -462,6 +462,6 @@ mod tests {
     #[test]
     fn offload_names() {
         assert_eq!(tun_offload_names(0), "none");
-        assert_eq!(tun_offload_names(crate::tap::TAP_OFFLOADS), "csum,tso4,tso6,tso_ecn");
+        assert_eq!(tun_offload_names(crate::sys::tap::TAP_OFFLOADS), "csum,tso4,tso6,tso_ecn");
     }
 }

@@ -46,16 +46,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::kmsg::LEAK_CHECK;
-use crate::ktap::{Ktap, Outcome};
 use crate::net::{LinkWatcher, Rtnl};
-use crate::races::{wait_all_gone, Snapshot};
+use crate::report::ktap::{Ktap, Outcome};
+use crate::suite::races::{wait_all_gone, Snapshot};
 use crate::suite::{report_not_run, skip_reason, LogAccount, LogVerdict, NotRun, BETWEEN_POINTS};
-use crate::vhost::{node_exists, VHOST_NET_PATH};
+use crate::sys::kmsg::LEAK_CHECK;
+use crate::sys::vhost::{node_exists, VHOST_NET_PATH};
 
-mod model;
-mod ops;
-mod pool;
+pub mod model;
+pub mod ops;
+pub mod pool;
 
 use model::VHOST_F_LOG_ALL;
 pub use model::{vktest_features_valid, Expect, Model, VHOST_NET_FEATURES};
@@ -185,7 +185,7 @@ pub async fn fuzz(opts: &FuzzOpts, out: impl std::io::Write) -> i32 {
     let phases = plan(opts);
     let mut k = Ktap::new(out);
     // Under a kmemleak kernel the phases are followed by the leak check.
-    let leak_check = crate::kmsg::kmemleak_unavailable().is_none();
+    let leak_check = crate::sys::kmsg::kmemleak_unavailable().is_none();
     let watched = !opts.kmsg_path.is_empty();
     k.header(phases.len() + usize::from(leak_check) + usize::from(watched));
     k.diag(&format!("seed: {}", opts.seed));

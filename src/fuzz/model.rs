@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use nix::errno::Errno;
 
-use crate::ioctl::{self};
+use crate::sys::ioctl::{self};
 
 use super::*;
 
@@ -47,9 +47,9 @@ pub(super) const VHOST_F_LOG_ALL: u64 = 1 << 26;
 
 /// Whether vktest accepts `bits` for VKTEST_SET_FEATURES (its validation).
 pub fn vktest_features_valid(bits: u64) -> bool {
-    use crate::ioctl::*;
+    use crate::sys::ioctl::*;
     let required = VIRTIO_F_VERSION_1 | VIRTIO_F_ACCESS_PLATFORM;
-    if bits & required != required || bits & !(required | crate::vhost::OPTIONAL_FEATURES) != 0 {
+    if bits & required != required || bits & !(required | crate::sys::vhost::OPTIONAL_FEATURES) != 0 {
         return false;
     }
     let host_tso = VIRTIO_NET_F_HOST_TSO4 | VIRTIO_NET_F_HOST_TSO6;

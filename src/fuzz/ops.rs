@@ -4,7 +4,7 @@
 use std::fmt;
 use std::os::fd::RawFd;
 
-use crate::ioctl::{self};
+use crate::sys::ioctl::{self};
 
 /// xorshift64* (Vigna), seeded through splitmix64 so that any seed works.
 #[derive(Debug, Clone)]

@@ -7,10 +7,10 @@ use anyhow::{Context, Result};
 use nix::errno::Errno;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
-use crate::ioctl::{self, VhostMemory, VhostVringAddr, VhostVringFile, VhostVringState};
-use crate::tap::{Tap, TAP_TEMPLATE};
-use crate::vhost::{open_ro, VHOST_NET_KERNEL_PATH, VHOST_NET_PATH};
-use crate::vktest::VKTEST_PATH;
+use crate::sys::ioctl::{self, VhostMemory, VhostVringAddr, VhostVringFile, VhostVringState};
+use crate::sys::tap::{Tap, TAP_TEMPLATE};
+use crate::sys::vhost::{open_ro, VHOST_NET_KERNEL_PATH, VHOST_NET_PATH};
+use crate::sys::vktest::VKTEST_PATH;
 
 use super::*;
 
@@ -85,12 +85,12 @@ pub(super) fn random_index(rng: &mut Rng) -> u32 {
 }
 
 pub(super) fn random_features(rng: &mut Rng) -> u64 {
-    let rfc = crate::vhost::RFC_FEATURES;
+    let rfc = crate::sys::vhost::RFC_FEATURES;
     match rng.below(8) {
         0..=2 => rfc | (rng.next_u64() & (VHOST_NET_FEATURES & !VHOST_F_LOG_ALL)),
         3 => rfc,
-        4 => rfc | (rng.next_u64() & crate::vhost::OPTIONAL_FEATURES),
-        5 => rng.next_u64() & (VHOST_NET_FEATURES | crate::vhost::OPTIONAL_FEATURES),
+        4 => rfc | (rng.next_u64() & crate::sys::vhost::OPTIONAL_FEATURES),
+        5 => rng.next_u64() & (VHOST_NET_FEATURES | crate::sys::vhost::OPTIONAL_FEATURES),
         6 => 1u64 << rng.below(64),
         _ => rng.next_u64(),
     }
@@ -171,7 +171,7 @@ impl Pool {
             }],
             (66..=69, _, Some(t)) => {
                 let bits = if rng.below(2) == 0 {
-                    crate::vhost::RFC_FEATURES | (rng.next_u64() & crate::vhost::OPTIONAL_FEATURES)
+                    crate::sys::vhost::RFC_FEATURES | (rng.next_u64() & crate::sys::vhost::OPTIONAL_FEATURES)
                 } else {
                     random_features(rng)
                 };
@@ -239,7 +239,7 @@ impl Pool {
             ops.push(Op::VhostVringFd { target: v, call: true, index: q, fd: call });
             ops.push(Op::VktestVringFd { target: k, call: true, index: q, fd: call });
         }
-        ops.push(Op::SetFeatures(v, crate::vhost::RFC_FEATURES));
+        ops.push(Op::SetFeatures(v, crate::sys::vhost::RFC_FEATURES));
         ops.push(Op::SetBackend { target: v, index: 0, fd: tap });
         ops.push(Op::SetBackend { target: v, index: 1, fd: tap });
         ops.push(Op::Attach { target: k, fd: v });

@@ -3,7 +3,7 @@
 use super::model::*;
 use super::ops::*;
 use super::*;
-use crate::ioctl;
+use crate::sys::ioctl;
 use nix::errno::Errno;
 
 #[test]
@@ -53,21 +53,21 @@ fn errno_table() {
     assert_eq!(m.expect(&attach(FdArg::Unbind)).judge(Err(Errno::EBADF)), None);
     assert!(m.expect(&attach(e)).judge(Ok(())).is_some());
     assert!(m.expect(&attach(v)).judge(Err(Errno::ENOMEM)).unwrap().contains("must succeed"));
-    let log_all = Op::SetFeatures(v, VHOST_F_LOG_ALL | crate::vhost::RFC_FEATURES);
+    let log_all = Op::SetFeatures(v, VHOST_F_LOG_ALL | crate::sys::vhost::RFC_FEATURES);
     assert!(m.expect(&log_all).judge(Ok(())).is_some());
     assert_eq!(m.expect(&log_all).judge(Err(Errno::EOPNOTSUPP)), None);
-    assert_eq!(m.expect(&Op::SetFeatures(v, crate::vhost::RFC_FEATURES)).judge(Ok(())), None);
+    assert_eq!(m.expect(&Op::SetFeatures(v, crate::sys::vhost::RFC_FEATURES)).judge(Ok(())), None);
     // A report names the state that made the answer.
     let why = m.clone().step(&attach(W), Ok(())).unwrap();
     assert!(why.contains("must fail with EPERM") && why.contains("no owner, no IOTLB"), "{why}");
     assert!(why.contains("vktest#2: kick 11 call 11"), "{why}");
-    let off = crate::vhost::FeatureSet::offloads().bits;
-    assert!(vktest_features_valid(off) && vktest_features_valid(crate::vhost::RFC_FEATURES));
+    let off = crate::sys::vhost::FeatureSet::offloads().bits;
+    assert!(vktest_features_valid(off) && vktest_features_valid(crate::sys::vhost::RFC_FEATURES));
     // 6.12's VHOST_NET_FEATURES, as the kernel has it.
     assert_eq!(VHOST_NET_FEATURES, 0x103_3d00_8000);
-    assert!(!vktest_features_valid(off & !crate::ioctl::VIRTIO_NET_F_CSUM));
-    assert!(!vktest_features_valid(crate::ioctl::VIRTIO_F_VERSION_1));
-    assert!(!vktest_features_valid(crate::vhost::RFC_FEATURES | 1 << 50));
+    assert!(!vktest_features_valid(off & !crate::sys::ioctl::VIRTIO_NET_F_CSUM));
+    assert!(!vktest_features_valid(crate::sys::ioctl::VIRTIO_F_VERSION_1));
+    assert!(!vktest_features_valid(crate::sys::vhost::RFC_FEATURES | 1 << 50));
 }
 
 #[test]
@@ -164,7 +164,7 @@ fn wiring(v: FdArg, k: FdArg) -> Vec<(Op, Result<(), Errno>)> {
             s.push((kick(k, call, q, e), Ok(())));
         }
     }
-    s.push((Op::SetFeatures(v, crate::vhost::RFC_FEATURES), Ok(())));
+    s.push((Op::SetFeatures(v, crate::sys::vhost::RFC_FEATURES), Ok(())));
     s.push((Op::SetBackend { target: v, index: 0, fd: TAP }, Ok(())));
     s.push((Op::SetBackend { target: v, index: 1, fd: TAP }, Ok(())));
     s
@@ -180,7 +180,7 @@ fn attached(v: FdArg, k: FdArg) -> Model {
 #[test]
 fn after_attach_every_vhost_ioctl_is_eperm() {
     let m = attached(V, K);
-    let rfc = crate::vhost::RFC_FEATURES;
+    let rfc = crate::sys::vhost::RFC_FEATURES;
     // Issue 13: the stateless oracle accepted this success.
     assert!(m.expect(&Op::SetFeatures(V, rfc)).judge(Ok(())).unwrap().contains("must fail with EPERM"));
     for op in [
@@ -241,7 +241,7 @@ fn attach_has_one_answer_in_each_state() {
     // A -kernel vhost without SET_OWNER: the owner check (EPERM), before the IOTLB.
     only(&m, &attach(K, W), Err(Errno::EPERM));
     let mut m = wired();
-    feed(&mut m, &[(Op::SetFeatures(W, crate::vhost::RFC_FEATURES), Ok(()))]);
+    feed(&mut m, &[(Op::SetFeatures(W, crate::sys::vhost::RFC_FEATURES), Ok(()))]);
     only(&m, &attach(K, W), Err(Errno::EPERM));
     // Owned, but no IOTLB: no features, features without ACCESS_PLATFORM,
     // or ACCESS_PLATFORM set and then cleared.
@@ -250,12 +250,12 @@ fn attach_has_one_answer_in_each_state() {
     only(&m, &attach(K, W), Err(Errno::EINVAL));
     feed(&mut m, &[(Op::SetFeatures(W, ioctl::VIRTIO_F_VERSION_1), Ok(()))]);
     only(&m, &attach(K, W), Err(Errno::EINVAL));
-    feed(&mut m, &[(Op::SetFeatures(W, crate::vhost::RFC_FEATURES), Ok(()))]);
+    feed(&mut m, &[(Op::SetFeatures(W, crate::sys::vhost::RFC_FEATURES), Ok(()))]);
     only(&m, &attach(K, W), Ok(()));
     feed(&mut m, &[(Op::SetFeatures(W, ioctl::VIRTIO_F_VERSION_1), Ok(()))]);
     only(&m, &attach(K, W), Err(Errno::EINVAL));
     // A failed SET_FEATURES changes nothing.
-    feed(&mut m, &[(Op::SetFeatures(W, crate::vhost::RFC_FEATURES | VHOST_F_LOG_ALL), Err(Errno::EOPNOTSUPP))]);
+    feed(&mut m, &[(Op::SetFeatures(W, crate::sys::vhost::RFC_FEATURES | VHOST_F_LOG_ALL), Err(Errno::EOPNOTSUPP))]);
     only(&m, &attach(K, W), Err(Errno::EINVAL));
     // An attached vktest: EBUSY before anything about the fd.
     let m = attached(V, K);
@@ -276,7 +276,7 @@ fn attach_has_one_answer_in_each_state() {
 fn vktest_keeps_its_vhost_after_the_vhost_fd_is_closed() {
     let mut m = attached(V, K);
     feed(&mut m, &[(Op::Close(V), Ok(()))]);
-    let rfc = crate::vhost::RFC_FEATURES;
+    let rfc = crate::sys::vhost::RFC_FEATURES;
     // The fd and index are checked before the attached state.
     only(&m, &kick(K, false, 0, E[1]), Err(Errno::EBUSY));
     only(&m, &kick(K, true, 1, FdArg::Unbind), Err(Errno::EBUSY));
@@ -305,7 +305,7 @@ fn vhost_calls_follow_the_owner_and_the_order_of_checks() {
     only(&m, &Op::NullArg { target: V, req: ioctl::VHOST_SET_VRING_KICK }, Err(Errno::EPERM));
     only(&m, &Op::NullArg { target: V, req: ioctl::VHOST_NET_SET_BACKEND }, Err(Errno::EFAULT));
     only(&m, &Op::WrongTarget { target: V, req: ioctl::VKTEST_SET_FEATURES }, Err(Errno::EPERM));
-    only(&m, &Op::SetFeatures(V, crate::vhost::RFC_FEATURES), Ok(()));
+    only(&m, &Op::SetFeatures(V, crate::sys::vhost::RFC_FEATURES), Ok(()));
     only(&m, &Op::GetFeatures(V), Ok(()));
     only(&m, &Op::Refused { target: V, req: ioctl::VHOST_SET_MEM_TABLE, value: 0 }, Err(Errno::EPERM));
     only(&m, &Op::SetOwner(V), Ok(()));

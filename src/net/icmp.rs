@@ -16,7 +16,7 @@ use nix::sys::socket::{
     SockaddrIn6,
 };
 
-use crate::netns;
+use crate::sys::netns;
 
 pub const ICMP6_ECHO_REQUEST: u8 = 128;
 pub const ICMP6_ECHO_REPLY: u8 = 129;

@@ -19,7 +19,7 @@ use rtnetlink::sys::SocketAddr;
 use rtnetlink::{Handle, LinkUnspec, LinkVeth, MulticastGroup};
 use tokio::time::timeout;
 
-use crate::netns;
+use crate::sys::netns;
 
 type Events = UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>;
 
@@ -354,9 +354,6 @@ impl Landing {
         }
     }
 }
-
-// Transitional: the old path.
-pub use crate::sys::virtio::virtio_device_of;
 
 /// ifindex of `name` in the namespace of the calling thread.
 pub fn if_index(name: &str) -> Result<u32> {

@@ -20,7 +20,7 @@ use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
-use crate::tap::{Tap, TAP_TEMPLATE};
+use crate::sys::tap::{Tap, TAP_TEMPLATE};
 
 /// Name template of the fake guest-side interface.
 pub const FAKE_G2H_TEMPLATE: &str = "vkfake%d";

@@ -14,12 +14,12 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::fake::FakePair;
 use crate::net::{if_index, Link, LinkWatcher};
+use crate::serve::fake::FakePair;
+use crate::sys::tap::{derived_offloads, TAP_OFFLOADS};
+use crate::sys::vhost::{FeatureSet, VHOST_NET_KERNEL_PATH};
 use crate::sys::virtio::{vdpa_devices_in, vdpa_net_interfaces, vdpa_of_interface, virtio_device_of, SYSFS};
-use crate::tap::{derived_offloads, TAP_OFFLOADS};
-use crate::vhost::{FeatureSet, VHOST_NET_KERNEL_PATH};
-use crate::vktest::VKTEST_PATH;
+use crate::sys::vktest::VKTEST_PATH;
 
 /// Which TUNSETOFFLOAD flags the TAP backend gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -424,7 +424,7 @@ mod tests {
 
     #[test]
     fn tap_offloads_by_default_keep_the_rfc_flow() {
-        use crate::ioctl::*;
+        use crate::sys::ioctl::*;
         let rfc = ServeOpts::default();
         assert_eq!(rfc.tap_offload_flags(), TAP_OFFLOADS);
         let derived = ServeOpts { tap_offloads: Some(TapOffloads::Derived), ..Default::default() };

@@ -11,14 +11,14 @@ use nix::errno::Errno;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::errno_of;
-use crate::ioctl::{self, VhostVringAddr, VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1};
-use crate::ktap::Outcome;
 use crate::net::{if_index, LinkWatcher};
+use crate::report::ktap::Outcome;
 use crate::serve::rig::{configured_vhost, configured_vktest, Eventfds, Rig};
 use crate::serve::ServeOpts;
+use crate::sys::ioctl::{self, VhostVringAddr, VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1};
+use crate::sys::vhost::{node_exists, VhostNetKernel, RX_QUEUE, VHOST_NET_PATH};
 use crate::sys::virtio::{vdpa_devices, vdpa_net_interfaces, SYSFS, VDPA_DEVICES};
-use crate::vhost::{node_exists, VhostNetKernel, RX_QUEUE, VHOST_NET_PATH};
-use crate::vktest::Vktest;
+use crate::sys::vktest::Vktest;
 
 /// One ABI check of the two device nodes (its name, help line and place
 /// in the KTAP order are in the registry, suite/registry.rs).

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use crate::kmsg::KmsgMonitor;
-use crate::ktap::{Ktap, Outcome};
+use crate::report::ktap::{Ktap, Outcome};
+use crate::sys::kmsg::KmsgMonitor;
 
 use super::*;
 

@@ -25,11 +25,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::kmsg::{kmemleak_find_leaks, kmemleak_unavailable, KmsgMonitor, KMSG_PATH, LEAK_CHECK};
-use crate::ktap::{Ktap, Outcome, EXIT_ALL_SKIPPED};
-use crate::netns::{self};
-use crate::vhost::{node_exists, VHOST_NET_KERNEL_PATH};
-use crate::vktest::VKTEST_PATH;
+use crate::report::ktap::{Ktap, Outcome, EXIT_ALL_SKIPPED};
+use crate::sys::kmsg::{kmemleak_find_leaks, kmemleak_unavailable, KmsgMonitor, KMSG_PATH, LEAK_CHECK};
+use crate::sys::netns::{self};
+use crate::sys::vhost::{node_exists, VHOST_NET_KERNEL_PATH};
+use crate::sys::vktest::VKTEST_PATH;
 use attach::run_check;
 
 #[derive(Debug, Clone)]
@@ -71,7 +71,7 @@ impl Default for RunOpts {
             fake_device: false,
             features: None,
             kmsg_path: KMSG_PATH.into(),
-            cycles: crate::races::DEFAULT_CYCLES,
+            cycles: crate::suite::races::DEFAULT_CYCLES,
             progress: false,
         }
     }
@@ -338,7 +338,7 @@ pub(crate) fn report_not_run<W: std::io::Write>(
         NotRun::Fail(reason) => {
             k.bail_out(&reason);
             k.totals();
-            crate::ktap::EXIT_FAIL
+            crate::report::ktap::EXIT_FAIL
         }
         NotRun::Skip(reason) => {
             k.diag(&reason);

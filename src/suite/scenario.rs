@@ -9,11 +9,12 @@ use anyhow::{anyhow, bail, Context, Result};
 use nix::sys::signal::Signal;
 
 use crate::net::{LinkWatcher, Rtnl};
-use crate::netns::{self, NetnsGuard};
 use crate::serve::Interfaces;
+use crate::sys::netns::{self, NetnsGuard};
+use crate::sys::vhost::{feature_names, FeatureSet, VHOST_NET_KERNEL_PATH};
+use crate::sys::virtio::virtio_negotiated_features;
 use crate::sys::virtio::{is_virtio_net, vdpa_devices, VDPA_DEVICES};
-use crate::vhost::{feature_names, virtio_negotiated_features, FeatureSet, VHOST_NET_KERNEL_PATH};
-use crate::vktest::VKTEST_PATH;
+use crate::sys::vktest::VKTEST_PATH;
 
 use super::*;
 

@@ -41,7 +41,7 @@ impl KernelLog for ScriptedLog {
     fn reports(&self, from: usize, to: usize) -> (Vec<String>, Option<String>) {
         let r = self.records.borrow();
         let lost = self.lost.iter().any(|&p| from <= p && p < to).then(|| "records lost (EPIPE)".to_string());
-        (crate::kmsg::find_splats(&r[from..to.min(r.len())], 25), lost)
+        (crate::sys::kmsg::find_splats(&r[from..to.min(r.len())], 25), lost)
     }
 }
 
@@ -72,7 +72,7 @@ const TWO: [&str; 2] = ["attach_once", "vktest_kick_index2_einval"];
 async fn clean_log_passes_the_between_check() {
     let log = ScriptedLog { after: vec![("end-2", "virtio_net virtio0 eth0: renamed")], ..Default::default() };
     let (code, text) = one_pass(&TWO, &log).await;
-    assert_eq!(code, crate::ktap::EXIT_PASS, "{text}");
+    assert_eq!(code, crate::report::ktap::EXIT_PASS, "{text}");
     assert!(text.ends_with(&format!("ok 3 {BETWEEN_POINTS}\n")), "{text}");
     assert_eq!(*log.tags.borrow(), ["start-1", "end-1", "start-2", "end-2", "end-pass"]);
 }
@@ -83,7 +83,7 @@ async fn report_between_points_fails_the_between_check() {
         // Logged right after a point's end marker: outside every window.
         let log = ScriptedLog { after: vec![(at, WARNING)], ..Default::default() };
         let (code, text) = one_pass(&TWO, &log).await;
-        assert_eq!(code, crate::ktap::EXIT_FAIL, "{text}");
+        assert_eq!(code, crate::report::ktap::EXIT_FAIL, "{text}");
         let want = format!(
             "ok 1 attach_once {SKIP_FAKE}\nok 2 vktest_kick_index2_einval {SKIP_FAKE}\n\
              # kernel reported a problem during the time between test points:\n# {WARNING}\n\
@@ -112,7 +112,7 @@ async fn report_inside_a_window_fails_that_point_only() {
 async fn incomplete_end_fails_the_point() {
     let log = ScriptedLog { unseen: vec!["end-1"], ..Default::default() };
     let (code, text) = one_pass(&TWO, &log).await;
-    assert_eq!(code, crate::ktap::EXIT_FAIL, "{text}");
+    assert_eq!(code, crate::report::ktap::EXIT_FAIL, "{text}");
     assert!(
         text.contains(
             "# kernel log check of attach_once incomplete: end marker not seen: timed out waiting for marker \"end-1\"\n\
@@ -127,7 +127,7 @@ async fn incomplete_end_fails_the_point() {
 async fn failed_begin_fails_the_point() {
     let log = ScriptedLog { unseen: vec!["start-2"], ..Default::default() };
     let (code, text) = one_pass(&TWO, &log).await;
-    assert_eq!(code, crate::ktap::EXIT_FAIL, "{text}");
+    assert_eq!(code, crate::report::ktap::EXIT_FAIL, "{text}");
     assert!(
         text.contains("# kernel log check of vktest_kick_index2_einval incomplete: start marker not seen"),
         "{text}"
@@ -144,7 +144,7 @@ async fn lost_records_fail_the_window_that_holds_them() {
     for (gap, failed) in [(1, "not ok 1 attach_once\n"), (2, &*format!("not ok 3 {BETWEEN_POINTS}\n"))] {
         let log = ScriptedLog { lost: vec![gap], ..Default::default() };
         let (code, text) = one_pass(&TWO, &log).await;
-        assert_eq!(code, crate::ktap::EXIT_FAIL, "{text}");
+        assert_eq!(code, crate::report::ktap::EXIT_FAIL, "{text}");
         assert!(text.contains("incomplete: records lost (EPIPE)"), "{text}");
         assert!(text.contains(failed), "gap {gap}: {text}");
     }
@@ -155,7 +155,7 @@ async fn lost_records_fail_the_window_that_holds_them() {
 /// in kmsg.rs).
 #[test]
 fn monitor_reports_lost_records_as_incomplete() {
-    let (_, lost) = crate::kmsg::tests_support::monitor_with_gap().reports(0, 2);
+    let (_, lost) = crate::sys::kmsg::tests_support::monitor_with_gap().reports(0, 2);
     assert!(lost.is_some_and(|w| w.contains("EPIPE")));
 }
 
@@ -167,7 +167,7 @@ async fn repeat_stops_at_the_first_kernel_report() {
     let mut k = Ktap::new(Vec::new());
     k.header(3);
     let code = repeat_points(&mut k, &TWO, &opts, 3, Some(&log)).await;
-    assert_eq!(code, crate::ktap::EXIT_FAIL);
+    assert_eq!(code, crate::report::ktap::EXIT_FAIL);
     let text = String::from_utf8(k.into_inner()).unwrap();
     // Timings vary: check their shape, then compare the rest exactly.
     // Points run: 2 in iteration 1, 1 in iteration 2; a summary per pass and one overall.
@@ -208,7 +208,7 @@ async fn each_pass_checks_the_log_since_the_previous_pass() {
     let mut k = Ktap::new(Vec::new());
     k.header(2);
     let code = repeat_points(&mut k, &TWO, &opts, 2, Some(&log)).await;
-    assert_eq!(code, crate::ktap::EXIT_FAIL);
+    assert_eq!(code, crate::report::ktap::EXIT_FAIL);
     let text = String::from_utf8(k.into_inner()).unwrap();
     let quote = format!("    # {WARNING}\n    # vhost-kernel-test: sync start-2.1 1\n    not ok 3 {BETWEEN_POINTS}\n");
     assert!(text.contains(&quote), "{text}");
@@ -244,7 +244,7 @@ fn corrupted_flood_replies_fail_and_never_count_as_flow() {
 
 #[test]
 fn negotiated_features_must_be_the_asked_set() {
-    use crate::ioctl::{VIRTIO_F_ACCESS_PLATFORM, VIRTIO_NET_F_CSUM};
+    use crate::sys::ioctl::{VIRTIO_F_ACCESS_PLATFORM, VIRTIO_NET_F_CSUM};
     let rfc = FeatureSet::rfc();
     let offloads = FeatureSet::offloads();
     assert!(check_negotiated("virtio0", &rfc, rfc.bits).is_ok());

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
 
-use crate::icmp::{ping, BackgroundPing, Control, PingOpts, PingStats, PingTarget, Replies};
+use crate::net::icmp::{ping, BackgroundPing, Control, PingOpts, PingStats, PingTarget, Replies};
 use crate::net::{Landing, Rtnl};
 
 /// Address of the host end (the TAP, namespace h2g).

@@ -194,7 +194,7 @@ pub unsafe fn ioctl_with_ref<T>(fd: BorrowedFd<'_>, req: u32, arg: &T) -> Result
 /// use std::os::fd::AsFd;
 /// let f = std::fs::File::open("/dev/null").unwrap();
 /// let mut byte = 0u8; // VHOST_GET_FEATURES writes 8 bytes
-/// let _ = vhost_kernel_test::ioctl::ioctl_with_mut(f.as_fd(), vhost_kernel_test::ioctl::VHOST_GET_FEATURES, &mut byte);
+/// let _ = vhost_kernel_test::sys::ioctl::ioctl_with_mut(f.as_fd(), vhost_kernel_test::sys::ioctl::VHOST_GET_FEATURES, &mut byte);
 /// ```
 ///
 /// # Safety

@@ -6,8 +6,8 @@ use std::os::fd::{AsFd, BorrowedFd};
 
 use anyhow::{Context, Result};
 
-use crate::ioctl::{self, IfReq};
-use crate::vhost::open_rw;
+use crate::sys::ioctl::{self, IfReq};
+use crate::sys::vhost::open_rw;
 
 pub const TUN_PATH: &str = "/dev/net/tun";
 /// Name template of the host-side interface, as in the RFC.
@@ -118,7 +118,7 @@ impl AsFd for Tap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ioctl::*;
+    use crate::sys::ioctl::*;
 
     #[test]
     fn offloads_follow_guest_features() {

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::ioctl::{self, VhostMemory, VhostVringAddr, VhostVringFile, VhostVringState};
+use crate::sys::ioctl::{self, VhostMemory, VhostVringAddr, VhostVringFile, VhostVringState};
 
 pub const VHOST_NET_KERNEL_PATH: &str = "/dev/vhost-net-kernel";
 pub const VHOST_NET_PATH: &str = "/dev/vhost-net";
@@ -364,9 +364,6 @@ impl std::fmt::Display for FeatureSet {
     }
 }
 
-// Transitional: the old paths.
-pub use super::virtio::{parse_sysfs_features, virtio_negotiated_features};
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,16 +402,5 @@ mod tests {
     fn names_of_bits() {
         assert_eq!(feature_names(RFC_FEATURES), ["version_1", "access_platform"]);
         assert_eq!(feature_names(1 | 1 << 5 | 1 << 27), ["csum", "bit5", "vhost_net_hdr"]);
-    }
-
-    #[test]
-    fn sysfs_features() {
-        let mut s = "0".repeat(64);
-        s.replace_range(32..34, "11");
-        s.replace_range(1..2, "1");
-        assert_eq!(parse_sysfs_features(&format!("{s}\n")).unwrap(), RFC_FEATURES | 2);
-        assert_eq!(parse_sysfs_features("1").unwrap(), 1);
-        assert!(parse_sysfs_features("").is_err());
-        assert!(parse_sysfs_features("10x").is_err());
     }
 }

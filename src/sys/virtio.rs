@@ -94,3 +94,20 @@ pub fn virtio_negotiated_features(dev: &str) -> Result<u64> {
     let s = std::fs::read_to_string(&p).with_context(|| format!("read {p}"))?;
     parse_sysfs_features(&s).with_context(|| format!("parse {p}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::vhost::RFC_FEATURES;
+
+    #[test]
+    fn sysfs_features() {
+        let mut s = "0".repeat(64);
+        s.replace_range(32..34, "11");
+        s.replace_range(1..2, "1");
+        assert_eq!(parse_sysfs_features(&format!("{s}\n")).unwrap(), RFC_FEATURES | 2);
+        assert_eq!(parse_sysfs_features("1").unwrap(), 1);
+        assert!(parse_sysfs_features("").is_err());
+        assert!(parse_sysfs_features("10x").is_err());
+    }
+}

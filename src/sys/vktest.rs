@@ -5,8 +5,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
 use anyhow::{Context, Result};
 
-use crate::ioctl::{self, VhostVringFile};
-use crate::vhost::open_ro;
+use crate::sys::ioctl::{self, VhostVringFile};
+use crate::sys::vhost::open_ro;
 
 pub const VKTEST_PATH: &str = "/dev/vktest";
 /// Number of virtqueues vktest has (RX, TX).
