@@ -132,6 +132,10 @@ async fn run_one(name: &str, opts: &RunOpts, diag: &mut dyn FnMut(String)) -> Po
             races::attach_close_loop(opts.cycles, opts.timeout, diag).await?;
             Outcome::Pass
         }
+        Body::TwoServes => {
+            races::two_serves_at_once(opts, diag).await?;
+            Outcome::Pass
+        }
         Body::Cleanup => {
             check_no_leftovers(opts, vdpa_at_start()?).await?;
             Outcome::Pass

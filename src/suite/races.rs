@@ -9,7 +9,10 @@ use anyhow::{bail, Context, Result};
 
 use crate::net::{if_index, LinkEvent, LinkWatcher, Rtnl};
 use crate::serve::{Rig, ServeOpts};
-use crate::sys::virtio::{is_virtio_net, vdpa_devices};
+use crate::sys::netns::NetnsGuard;
+use crate::sys::virtio::{is_virtio_net, vdpa_devices, vdpa_of_interface, SYSFS};
+
+use super::{check_no_leftovers, setup_pair, terminate_and_wait_gone, verify_two_way, RunOpts, ServeChild};
 
 /// Default cycles of `attach_close_loop` (`run --cycles`).
 pub const DEFAULT_CYCLES: u32 = 1000;
@@ -124,6 +127,56 @@ pub async fn attach_close_loop(cycles: u32, t: Duration, diag: &mut dyn FnMut(St
         bail!("left behind after {cycles} cycles: {}", left.join(", "));
     }
     Ok(())
+}
+
+/// `serve_two_at_once`: two serving processes started at the same moment,
+/// so that their attaches overlap. Each must report its own pair: the two
+/// reports differ (their virtio-net interfaces sit on different vDPA
+/// devices), and each TAP reaches the virtio-net interface its serve
+/// reported: a serve that took the other one's interface would have no
+/// traffic, its TAP being the backend of another vhost device. The pairs
+/// are checked one after the other in the run's two namespaces.
+pub async fn two_serves_at_once(opts: &RunOpts, diag: &mut dyn FnMut(String)) -> Result<()> {
+    let t = opts.timeout;
+    let vdpa_before = vdpa_devices()?;
+    let mut extra = Vec::new();
+    if opts.fake_device {
+        extra.push("--fake-device".to_string());
+    }
+    let (a, b) =
+        tokio::join!(ServeChild::spawn_with(&opts.exe, &extra, t), ServeChild::spawn_with(&opts.exe, &extra, t));
+    let mut children = [a.context("first serve")?, b.context("second serve")?];
+    let [x, y] = [&children[0].ifs, &children[1].ifs];
+    diag(format!("serves: h2g={} g2h={} and h2g={} g2h={}", x.h2g, x.g2h, y.h2g, y.g2h));
+    anyhow::ensure!(x.h2g != y.h2g, "both serves reported the TAP {}", x.h2g);
+    anyhow::ensure!(x.g2h != y.g2h, "both serves reported the virtio-net interface {}", x.g2h);
+    if !opts.fake_device {
+        let vdpa =
+            |name: &str| vdpa_of_interface(SYSFS, name).with_context(|| format!("{name} is not on a vDPA device"));
+        let (vx, vy) = (vdpa(&x.g2h)?, vdpa(&y.g2h)?);
+        anyhow::ensure!(vx != vy, "{} and {} are both on {vx}", x.g2h, y.g2h);
+    }
+    for child in children.iter_mut() {
+        let ifs = child.ifs.clone();
+        let (h2g_ns, g2h_ns) = (opts.h2g_ns(), opts.g2h_ns());
+        let mut nsg = NetnsGuard::new();
+        nsg.create(&h2g_ns)?;
+        nsg.create(&g2h_ns)?;
+        let root = Rtnl::new(None)?;
+        let pair =
+            setup_pair(&root, (ifs.h2g_ifindex, &ifs.h2g), (ifs.g2h_ifindex, &ifs.g2h), &h2g_ns, &g2h_ns, t).await?;
+        let (up, down) = verify_two_way(&pair, opts.count, opts.size, t)
+            .await
+            .with_context(|| format!("between {} and {}, as one serve reported them", ifs.h2g, ifs.g2h))?;
+        diag(format!("{} -> {}: {}", ifs.h2g, ifs.g2h, up.summary()));
+        diag(format!("{} -> {}: {}", ifs.g2h, ifs.h2g, down.summary()));
+        let gone =
+            [(h2g_ns.as_str(), pair.h2g_index, ifs.h2g.as_str()), (g2h_ns.as_str(), pair.g2h_index, ifs.g2h.as_str())];
+        terminate_and_wait_gone(child, &gone, t).await?;
+        child.stderr_lines(t).await.into_iter().for_each(|l| diag(format!("serve: {l}")));
+        nsg.delete_all()?;
+    }
+    check_no_leftovers(opts, &vdpa_before).await
 }
 
 #[cfg(test)]

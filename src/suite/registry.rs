@@ -21,6 +21,8 @@ pub enum Body {
     Scenario { teardown: Teardown, vhost_hdr: bool },
     /// The open/wire/attach/close loop (suite/races.rs).
     CloseLoop,
+    /// Two serving processes attaching at once (suite/races.rs).
+    TwoServes,
     /// Nothing of ours is left: namespaces, interfaces, vDPA devices.
     Cleanup,
     /// kmemleak's verdict on the pass (a debug kernel).
@@ -169,6 +171,12 @@ pub const POINTS: &[TestPoint] = &[
         help: "--cycles times (1000): open, wire, attach, wait for the\n interface, close, wait for it to go; then no\n interface, vdpa device or fd may be left",
     },
     TestPoint {
+        name: "serve_two_at_once",
+        body: Body::TwoServes,
+        needs: Needs::Serve,
+        help: "two serves attach at the same moment; each reports its\n own pair (different vDPA devices), and each pair\n carries traffic",
+    },
+    TestPoint {
         name: LEAK_CHECK,
         body: Body::LeakCheck,
         needs: Needs::Nothing,
@@ -203,7 +211,7 @@ pub fn uses_namespaces(tests: &[&str]) -> bool {
     tests
         .iter()
         .filter_map(|t| point(t))
-        .any(|p| matches!(p.body, Body::Scenario { .. } | Body::CloseLoop | Body::Cleanup))
+        .any(|p| matches!(p.body, Body::Scenario { .. } | Body::CloseLoop | Body::TwoServes | Body::Cleanup))
 }
 
 /// The points `run --test NAME...` selects (all of them but the leak check
@@ -266,6 +274,7 @@ mod tests {
                     Teardown::Unbind | Teardown::UnbindRebind | Teardown::RebindRepeated => Needs::RealVirtio,
                     _ => Needs::Serve,
                 },
+                Body::TwoServes => Needs::Serve,
                 Body::Cleanup | Body::LeakCheck | Body::KernelLogBetween => Needs::Nothing,
             };
             assert_eq!(p.needs, want, "{}", p.name);
