@@ -18,6 +18,9 @@
 #   drop-tx         normal  teardown_exit   not ok teardown_exit
 #   corrupt-payload normal  teardown_exit   not ok teardown_exit (vhost-net
 #                   swaps two data words of flood echoes, checksum valid)
+#   flip-byte       normal  teardown_exit   not ok teardown_exit (vhost-net
+#                   flips a bit of flood echoes: the stack drops them on
+#                   their checksum, Icmp6InCsumErrors counts them)
 #   ignore-set-features
 #                   normal  teardown_exit with --features offloads: not ok
 #                   teardown_exit (virtio-net negotiated the RFC's set)
@@ -47,6 +50,7 @@ VARIANTS=(
 	"no-used-signal|normal|300|--test teardown_exit --count 3|teardown_exit||no"
 	"drop-tx|normal|300|--test teardown_exit --count 3|teardown_exit||no"
 	"corrupt-payload|normal|300|--test teardown_exit --count 3|teardown_exit||no"
+	"flip-byte|normal|300|--test teardown_exit --count 3|teardown_exit||no"
 	"ignore-set-features|normal|300|--features offloads --test teardown_exit --count 3|teardown_exit||no"
 	"attach-no-device|normal|300|--test attach_once|attach_once||no"
 	"uaf-release|debug|900|--test attach_once|attach_once|KASAN|no"

@@ -57,8 +57,9 @@ pub mod model;
 pub mod ops;
 pub mod pool;
 
+pub use crate::sys::vhost::vktest_features_valid;
 use model::VHOST_F_LOG_ALL;
-pub use model::{vktest_features_valid, Expect, Model, VHOST_NET_FEATURES};
+pub use model::{Expect, Model, VHOST_NET_FEATURES};
 use ops::REFUSED;
 pub use ops::{fresh_seed, phase_rng, FdArg, Kind, Op, Rng};
 use pool::Pool;

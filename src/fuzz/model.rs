@@ -45,19 +45,6 @@ pub const VHOST_NET_FEATURES: u64 = 1 << 24 // NOTIFY_ON_EMPTY
     | 1 << 40; // RING_RESET
 pub(super) const VHOST_F_LOG_ALL: u64 = 1 << 26;
 
-/// Whether vktest accepts `bits` for VKTEST_SET_FEATURES (its validation).
-pub fn vktest_features_valid(bits: u64) -> bool {
-    use crate::sys::ioctl::*;
-    let required = VIRTIO_F_VERSION_1 | VIRTIO_F_ACCESS_PLATFORM;
-    if bits & required != required || bits & !(required | crate::sys::vhost::OPTIONAL_FEATURES) != 0 {
-        return false;
-    }
-    let host_tso = VIRTIO_NET_F_HOST_TSO4 | VIRTIO_NET_F_HOST_TSO6;
-    let guest_tso = VIRTIO_NET_F_GUEST_TSO4 | VIRTIO_NET_F_GUEST_TSO6;
-    !(bits & host_tso != 0 && bits & VIRTIO_NET_F_CSUM == 0
-        || bits & guest_tso != 0 && bits & VIRTIO_NET_F_GUEST_CSUM == 0)
-}
-
 /// What the model knows of one /dev/vhost-net-kernel device.
 ///
 /// Its kick, call and backend per queue are not kept: no answer depends on

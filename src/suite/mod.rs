@@ -121,7 +121,7 @@ async fn run_one(name: &str, opts: &RunOpts, diag: &mut dyn FnMut(String)) -> Po
     let outcome = match p.body {
         Body::Scenario { teardown, vhost_hdr } => {
             let set = features_for(opts.features.as_deref(), vhost_hdr, diag)?;
-            if let Some(why) = feature_set_skip(&set, opts) {
+            if let Some(why) = feature_set_skip(&set, opts)? {
                 return Ok((Outcome::Skip(why), None));
             }
             let ready = scenario(teardown, vhost_hdr, &set, opts, diag).await?;

@@ -12,7 +12,9 @@ use crate::serve::{Rig, ServeOpts};
 use crate::sys::netns::NetnsGuard;
 use crate::sys::virtio::{is_virtio_net, vdpa_devices, vdpa_of_interface, SYSFS};
 
-use super::{check_no_leftovers, setup_pair, terminate_and_wait_gone, verify_two_way, RunOpts, ServeChild};
+use super::{
+    check_no_damage, check_no_leftovers, setup_pair, terminate_and_wait_gone, verify_two_way, RunOpts, ServeChild,
+};
 
 /// Default cycles of `attach_close_loop` (`run --cycles`).
 pub const DEFAULT_CYCLES: u32 = 1000;
@@ -173,6 +175,9 @@ pub async fn two_serves_at_once(opts: &RunOpts, diag: &mut dyn FnMut(String)) ->
         let gone =
             [(h2g_ns.as_str(), pair.h2g_index, ifs.h2g.as_str()), (g2h_ns.as_str(), pair.g2h_index, ifs.g2h.as_str())];
         terminate_and_wait_gone(child, &gone, t).await?;
+        for ns in [&h2g_ns, &g2h_ns] {
+            check_no_damage(ns)?;
+        }
         child.stderr_lines(t).await.into_iter().for_each(|l| diag(format!("serve: {l}")));
         nsg.delete_all()?;
     }

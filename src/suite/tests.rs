@@ -276,13 +276,21 @@ fn scenario_feature_sets() {
     // Only an explicit set other than the RFC's may be skipped, and
     // never with the fake device.
     let opts = RunOpts::default();
-    assert_eq!(feature_set_skip(&FeatureSet::rfc(), &opts), None);
+    assert_eq!(feature_set_skip(&FeatureSet::rfc(), &opts).unwrap(), None);
     let fake = RunOpts { fake_device: true, features: Some("offloads".into()), ..Default::default() };
-    assert_eq!(feature_set_skip(&FeatureSet::offloads(), &fake), None);
+    assert_eq!(feature_set_skip(&FeatureSet::offloads(), &fake).unwrap(), None);
 }
 
 #[test]
 fn addresses() {
     assert_eq!(H2G_ADDR.to_string(), "fe80::");
     assert_eq!(G2H_ADDR.to_string(), "fe80::1");
+}
+
+#[test]
+fn damaged_packets_are_found_in_snmp6() {
+    let healthy = "Ip6InReceives                   \t120\nIp6InTruncatedPkts              \t0\nIcmp6InCsumErrors               \t0\nIp6ReasmFails                   \t3\n";
+    assert!(damage_in(healthy).is_empty(), "reassembly failures are loss, not damage");
+    let damaged = healthy.replace("Icmp6InCsumErrors               \t0", "Icmp6InCsumErrors               \t2");
+    assert_eq!(damage_in(&damaged), [("Icmp6InCsumErrors".to_string(), 2)]);
 }

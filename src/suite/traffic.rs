@@ -5,7 +5,7 @@
 use std::net::Ipv6Addr;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 use crate::net::icmp::{ping, BackgroundPing, Control, PingOpts, PingStats, PingTarget, Replies};
 use crate::net::{Landing, Rtnl};
@@ -183,7 +183,8 @@ impl Floods {
     /// Stop both and collect their summaries and corruption.
     pub fn stop(self) -> FloodsStopped {
         let mut out = FloodsStopped::default();
-        for (dir, r) in [(H2G, self.h2g.stop()), (G2H, self.g2h.stop())] {
+        let controls = [self.h2g.control(), self.g2h.control()];
+        for ((dir, r), ctl) in [(H2G, self.h2g.stop()), (G2H, self.g2h.stop())].into_iter().zip(controls) {
             match r {
                 Ok(s) => {
                     out.summaries.push(format!("flood {dir}: {}", s.summary()));
@@ -191,7 +192,19 @@ impl Floods {
                         out.corrupted.push(format!("{dir}: {c}"));
                     }
                 }
-                Err(e) => out.summaries.push(format!("flood {dir}: {e:#}")),
+                // The thread's counters outlive its error: what it saw
+                // corrupted before failing is still judged.
+                Err(e) => {
+                    out.summaries.push(format!("flood {dir}: {e:#}"));
+                    let got = ctl.counts();
+                    if got.corrupted > 0 {
+                        out.corrupted.push(format!(
+                            "{dir}: {} of {} replies corrupted before the flood failed",
+                            got.corrupted,
+                            got.corrupted + got.verified
+                        ));
+                    }
+                }
             }
         }
         out
@@ -216,4 +229,39 @@ pub(crate) fn with_verdict<T>(res: Result<T>, verdict: Result<()>) -> Result<T> 
         (Err(e), Ok(())) => Err(e),
         (Err(e), Err(c)) => Err(e.context(format!("{c:#}"))),
     }
+}
+
+/// The counters of a namespace's /proc/net/snmp6 that count packets the
+/// stack received damaged and dropped. A reply corrupted so that its
+/// checksum no longer matches never reaches the pinger's socket and would
+/// pass as loss, which a teardown forgives; these counters make it a
+/// failure. (Reassembly failures are not among them: a teardown loses
+/// fragments.)
+pub const DAMAGE_COUNTERS: &[&str] = &["Icmp6InCsumErrors", "Ip6InTruncatedPkts"];
+
+/// The [`DAMAGE_COUNTERS`] of an snmp6 file's text that are not zero.
+pub fn damage_in(snmp6: &str) -> Vec<(String, u64)> {
+    snmp6
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (name, value) = (f.next()?, f.next()?.parse::<u64>().ok()?);
+            (DAMAGE_COUNTERS.contains(&name) && value > 0).then(|| (name.to_string(), value))
+        })
+        .collect()
+}
+
+/// Err naming the packets that arrived damaged in namespace `ns` since it
+/// was created (its counters start at zero).
+pub fn check_no_damage(ns: &str) -> Result<()> {
+    let path = "/proc/thread-self/net/snmp6";
+    let text = crate::sys::netns::run_in(Some(ns), || {
+        std::fs::read_to_string(path).with_context(|| format!("read {path} in namespace {ns}"))
+    })?;
+    let damage = damage_in(&text);
+    if damage.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = damage.iter().map(|(n, v)| format!("{n} {v}")).collect();
+    bail!("packets arrived damaged in namespace {ns} and were dropped by the stack: {}", list.join(", "))
 }

@@ -106,9 +106,7 @@ impl VhostNetKernel {
     /// (SET_VRING_KICK, SET_VRING_CALL, NET_SET_BACKEND): private, so the
     /// pairing is checked here.
     fn vring_file(&self, req: u32, index: u32, fd: RawFd) -> Result<()> {
-        debug_assert!(
-            [ioctl::VHOST_SET_VRING_KICK, ioctl::VHOST_SET_VRING_CALL, ioctl::VHOST_NET_SET_BACKEND].contains(&req)
-        );
+        assert!([ioctl::VHOST_SET_VRING_KICK, ioctl::VHOST_SET_VRING_CALL, ioctl::VHOST_NET_SET_BACKEND].contains(&req));
         let arg = VhostVringFile { index, fd };
         // SAFETY: the three requests above read one struct vhost_vring_file.
         unsafe { ioctl::ioctl_with_ref(self.file.as_fd(), req, &arg) }
@@ -130,9 +128,7 @@ impl VhostNetKernel {
     /// `req` is one of the requests that read a `struct vhost_vring_state`
     /// (SET_VRING_NUM, SET_VRING_BASE, SET_VRING_ENDIAN).
     fn vring_state(&self, req: u32, index: u32, num: u32) -> Result<()> {
-        debug_assert!(
-            [ioctl::VHOST_SET_VRING_NUM, ioctl::VHOST_SET_VRING_BASE, ioctl::VHOST_SET_VRING_ENDIAN].contains(&req)
-        );
+        assert!([ioctl::VHOST_SET_VRING_NUM, ioctl::VHOST_SET_VRING_BASE, ioctl::VHOST_SET_VRING_ENDIAN].contains(&req));
         let arg = VhostVringState { index, num };
         // SAFETY: the three requests above read one struct vhost_vring_state.
         unsafe { ioctl::ioctl_with_ref(self.file.as_fd(), req, &arg) }
@@ -362,6 +358,19 @@ impl std::fmt::Display for FeatureSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.name)
     }
+}
+
+/// Whether vktest accepts `bits` for VKTEST_SET_FEATURES (its validation).
+pub fn vktest_features_valid(bits: u64) -> bool {
+    use crate::sys::ioctl::*;
+    let required = VIRTIO_F_VERSION_1 | VIRTIO_F_ACCESS_PLATFORM;
+    if bits & required != required || bits & !(required | OPTIONAL_FEATURES) != 0 {
+        return false;
+    }
+    let host_tso = VIRTIO_NET_F_HOST_TSO4 | VIRTIO_NET_F_HOST_TSO6;
+    let guest_tso = VIRTIO_NET_F_GUEST_TSO4 | VIRTIO_NET_F_GUEST_TSO6;
+    !(bits & host_tso != 0 && bits & VIRTIO_NET_F_CSUM == 0
+        || bits & guest_tso != 0 && bits & VIRTIO_NET_F_GUEST_CSUM == 0)
 }
 
 #[cfg(test)]
