@@ -62,7 +62,10 @@ async fn real_main(cli: Cli) -> Result<i32> {
             interruptible(vhost_kernel_test::fuzz::fuzz(&opts, std::io::stdout())).await
         }
         Cmd::AttachFd(args) => {
-            println!("{}", vhost_kernel_test::suite::attach::attach_inherited(args.vktest_fd, args.vhost_fd));
+            // SAFETY: attach-fd is only spawned by attach_by_non_owner_eperm,
+            // whose process passes these fds open and waits for our exit.
+            let said = unsafe { vhost_kernel_test::suite::attach::attach_inherited(args.vktest_fd, args.vhost_fd) };
+            println!("{said}");
             Ok(0)
         }
         Cmd::ScanLog(args) => Ok(vhost_kernel_test::sys::kmsg::scan_log(&args.file, &mut std::io::stdout())),

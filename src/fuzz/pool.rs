@@ -302,8 +302,12 @@ impl Pool {
                             ..Default::default()
                         };
                         // SAFETY: VHOST_SET_VRING_ADDR reads one struct
-                        // vhost_vring_addr; the random addresses in it are
-                        // only ever reached through copy_*_user.
+                        // vhost_vring_addr. The random addresses in it are
+                        // user addresses to the kernel: a kernel that wrongly
+                        // accepted them could later copy_to_user into memory
+                        // of ours that happens to be mapped there, the bug
+                        // this call exists to catch (the kernel node must
+                        // refuse it, EPERM).
                         unsafe { ioctl::ioctl_with_ref(target, *req, &a) }
                     }
                     ioctl::VHOST_SET_MEM_TABLE => {

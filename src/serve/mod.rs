@@ -67,7 +67,7 @@ impl std::str::FromStr for CloseOrder {
 /// (after the interface line): `closed PATH`, or `{"closed":"PATH"}` with --json.
 pub fn closed_line(path: &str, json: bool) -> String {
     if json {
-        format!("{{\"closed\":\"{path}\"}}")
+        serde_json::json!({ "closed": path }).to_string()
     } else {
         format!("closed {path}")
     }

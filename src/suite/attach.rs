@@ -74,9 +74,14 @@ fn owned_vhost() -> Result<VhostNetKernel> {
 /// The hidden `attach-fd` subcommand, run in a child process: VKTEST_ATTACH_VHOST
 /// on two fds inherited from the parent. Returns what it gave: `ok` or
 /// `errno N`.
-pub fn attach_inherited(vktest_fd: RawFd, vhost_fd: RawFd) -> String {
-    // SAFETY: the parent keeps vktest_fd open and passed it without
-    // FD_CLOEXEC for this process's whole life; it is only borrowed here.
+///
+/// # Safety
+/// `vktest_fd` must be an fd this process holds open for the whole call
+/// (the parent passes its own without FD_CLOEXEC and keeps it open until
+/// this process has exited).
+pub unsafe fn attach_inherited(vktest_fd: RawFd, vhost_fd: RawFd) -> String {
+    // SAFETY: the caller guarantees vktest_fd is open for the call; it is
+    // only borrowed here.
     let vktest = unsafe { BorrowedFd::borrow_raw(vktest_fd) };
     // SAFETY: VKTEST_ATTACH_VHOST takes the fd number by value.
     match unsafe { ioctl::ioctl_with_val(vktest, ioctl::VKTEST_ATTACH_VHOST, vhost_fd as libc::c_ulong) } {

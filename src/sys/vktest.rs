@@ -25,7 +25,7 @@ impl Vktest {
 
     /// `req` is VHOST_SET_VRING_KICK or VHOST_SET_VRING_CALL.
     fn vring_file(&self, req: u32, index: u32, fd: RawFd) -> Result<()> {
-        debug_assert!([ioctl::VHOST_SET_VRING_KICK, ioctl::VHOST_SET_VRING_CALL].contains(&req));
+        assert!([ioctl::VHOST_SET_VRING_KICK, ioctl::VHOST_SET_VRING_CALL].contains(&req));
         let arg = VhostVringFile { index, fd };
         // SAFETY: vktest's SET_VRING_KICK/CALL read one struct vhost_vring_file.
         unsafe { ioctl::ioctl_with_ref(self.file.as_fd(), req, &arg) }
