@@ -311,6 +311,10 @@ pub struct RunArgs {
     /// then go unnoticed. Without it, an unreadable kernel log stops the run (exit 1).
     #[arg(long)]
     pub no_kernel_log: bool,
+    /// Fail (exit 1) instead of leaving kmemleak_check out when the kernel has
+    /// no usable kmemleak: what `scripts/vmtest --debug` asks of its debug kernel.
+    #[arg(long)]
+    pub require_leak_check: bool,
     /// Harness self-test: `# step: NAME` diagnostics as scenarios reach their steps.
     #[arg(long, hide = true)]
     pub progress: bool,

@@ -51,6 +51,11 @@ async fn real_main(cli: Cli) -> Result<i32> {
                 return Ok(0);
             }
             let opts = args.opts();
+            if args.require_leak_check {
+                if let Some(why) = vhost_kernel_test::sys::kmsg::kmemleak_unavailable() {
+                    anyhow::bail!("--require-leak-check: {why}");
+                }
+            }
             let selected = suite::select(&args.tests, args.fake_device)?;
             match args.repeat {
                 Some(n) => interruptible(run_tests_repeated(&selected, &opts, n as usize, std::io::stdout())).await,
