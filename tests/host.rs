@@ -22,6 +22,21 @@ fn tag(what: &str) -> String {
     format!("vk{what}{}", std::process::id() % 100_000)
 }
 
+/// Read `lines` up to and including the first line for which `done` holds;
+/// panics (quoting what was read) if the output ends before it.
+fn read_until(lines: &mut impl Iterator<Item = std::io::Result<String>>, done: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut seen = Vec::new();
+    for l in lines.by_ref() {
+        let l = l.unwrap();
+        let last = done(&l);
+        seen.push(l);
+        if last {
+            return seen;
+        }
+    }
+    panic!("output ended before the awaited line: {seen:?}");
+}
+
 /// `ip netns list` lines mentioning `needle` (other tests run in parallel),
 /// or None without iproute2.
 fn ip_netns_list(needle: &str) -> Option<Vec<String>> {
@@ -260,15 +275,7 @@ fn run_interrupted_by_sigterm_cleans_up() {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     // The serving child is up and the namespaces exist once this line is out.
-    let mut seen = Vec::new();
-    for l in lines.by_ref() {
-        let l = l.unwrap();
-        seen.push(l.clone());
-        if l.starts_with("# serve: h2g=") {
-            break;
-        }
-    }
-    assert!(seen.last().unwrap().starts_with("# serve: h2g="), "{seen:?}");
+    read_until(&mut lines, |l| l.starts_with("# serve: h2g="));
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
     let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
     let st = child.wait().unwrap();
@@ -387,15 +394,7 @@ fn interrupt_run_at(step: &str, sig: nix::sys::signal::Signal) {
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let want = format!("# step: {step}");
-    let mut seen = Vec::new();
-    for l in lines.by_ref() {
-        let l = l.unwrap();
-        seen.push(l.clone());
-        if l == want {
-            break;
-        }
-    }
-    assert_eq!(seen.last(), Some(&want), "{seen:?}");
+    let seen = read_until(&mut lines, |l| l == want);
     nix::sys::signal::kill(pid, sig).unwrap();
     let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
     let st = child.wait().unwrap();
@@ -609,15 +608,7 @@ fn sigkilled_run_takes_its_serve_child_along() {
         .unwrap();
     let mut lines = BufReader::new(run.stdout.take().unwrap()).lines();
     // The serving child is up (its interface line parsed) once this is out.
-    let mut seen = Vec::new();
-    for l in lines.by_ref() {
-        let l = l.unwrap();
-        seen.push(l.clone());
-        if l.starts_with("# serve: h2g=") {
-            break;
-        }
-    }
-    assert!(seen.last().is_some_and(|l| l.starts_with("# serve: h2g=")), "{seen:?}");
+    read_until(&mut lines, |l| l.starts_with("# serve: h2g="));
     let serve: Vec<i32> = children_of(run.id())
         .into_iter()
         .filter(|c| {
