@@ -70,6 +70,20 @@ is_subcommand() {
 	return 1
 }
 
+# Echo the verdict of program $1 from its exit status $2: 0, 1 and 4 are
+# the harness's own (pass, fail, skip); anything else (a crash, a signal)
+# is a failure, said on the results port.
+verdict_of() {
+	log "$1 exited with $2"
+	case "$2" in
+	0 | 1 | 4) echo "$2" ;;
+	*)
+		echo "# vkt: $1 exited with status $2" >"$RESULTS"
+		echo 1
+		;;
+	esac
+}
+
 # Run "vhost-kernel-test SUBCOMMAND ARGS" (the subcommand is the first
 # decoded argument when it names one, else "run"); echo the verdict.
 run_harness() {
@@ -80,15 +94,7 @@ run_harness() {
 	fi
 	log "running: vhost-kernel-test $cmd $*"
 	vhost-kernel-test "$cmd" "$@" >"$RESULTS" 2>/dev/console </dev/null
-	rc=$?
-	log "vhost-kernel-test exited with $rc"
-	case "$rc" in
-	0 | 1 | 4) echo "$rc" ;;
-	*)
-		echo "# vkt: harness exited with status $rc" >"$RESULTS"
-		echo 1
-		;;
-	esac
+	verdict_of vhost-kernel-test "$?"
 }
 
 # Run the command "$@" once (vkt.mode=exec); echo the verdict.
@@ -100,15 +106,7 @@ run_exec() {
 	fi
 	log "running: $*"
 	"$@" >"$RESULTS" 2>/dev/console </dev/null
-	rc=$?
-	log "$1 exited with $rc"
-	case "$rc" in
-	0 | 1 | 4) echo "$rc" ;;
-	*)
-		echo "# vkt: $1 exited with status $rc" >"$RESULTS"
-		echo 1
-		;;
-	esac
+	verdict_of "$1" "$?"
 }
 
 main() {
