@@ -22,11 +22,11 @@ use nix::errno::Errno;
 
 use crate::errno_of;
 use crate::net::Rtnl;
+use crate::serve::rig::{probe_feature_set, SetProbe};
 use crate::suite::{setup_pair, skip_reason, verify_two_way, ServeChild};
 use crate::sys::netns::{self, NetnsGuard};
-use crate::sys::vhost::{feature_names, FeatureSet, VhostNetKernel, VHOST_NET_KERNEL_PATH};
+use crate::sys::vhost::FeatureSet;
 use crate::sys::virtio::virtio_negotiated_features;
-use crate::sys::vktest::{Vktest, VKTEST_PATH};
 use figures::{measure_path, Path, Stop, StopOnDrop};
 use report::{clock_granularity, json_error, json_skipped, Report, SetReport};
 
@@ -173,34 +173,14 @@ async fn bench_set_inner(
     nsg.delete_all()
 }
 
-/// Why `set` cannot run on this kernel, if it cannot: /dev/vhost-net-kernel
-/// must offer its vhost-net part (VHOST_GET_FEATURES), and a fresh /dev/vktest
-/// must accept the whole set (VKTEST_SET_FEATURES; the device is closed again
-/// without attaching). A probe that cannot be made is not a reason: serve
-/// will report the real error.
+/// Why bench skips `set` on this kernel, if it does ([`probe_feature_set`]):
+/// vhost-net not offering its bits, no VKTEST_SET_FEATURES, or vktest
+/// refusing it (EINVAL). A probe that cannot be made is not a reason:
+/// serve will report the real error.
 pub fn probe_set(set: &FeatureSet) -> Option<String> {
-    match VhostNetKernel::open().and_then(|v| v.get_features()) {
-        Ok(offered) if set.vhost_bits() & !offered != 0 => {
-            return Some(format!(
-                "{VHOST_NET_KERNEL_PATH} does not offer {} (VHOST_GET_FEATURES {offered:#x})",
-                feature_names(set.vhost_bits() & !offered).join(",")
-            ))
-        }
-        _ => {}
-    }
-    if set.is_rfc() {
-        return None;
-    }
-    let vk = Vktest::open().ok()?;
-    match vk.set_features(set.bits) {
-        Ok(()) => None,
-        Err(e) => match errno_of(&e) {
-            Some(Errno::ENOTTY) => {
-                Some(format!("{VKTEST_PATH} has no VKTEST_SET_FEATURES (a kernel with the RFC's interface)"))
-            }
-            Some(Errno::EINVAL) => Some(format!("{VKTEST_PATH} does not offer feature set {} ({e:#})", set.name)),
-            _ => None,
-        },
+    match probe_feature_set(set).ok()? {
+        SetProbe::Refused(e) if errno_of(&e) != Some(Errno::EINVAL) => None,
+        probe => probe.reason(set),
     }
 }
 

@@ -10,10 +10,13 @@ use std::os::fd::AsFd;
 use anyhow::{bail, Context, Result};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
+use crate::errno_of;
 use crate::sys::ioctl::VHOST_NET_F_VIRTIO_NET_HDR;
 use crate::sys::tap::{Tap, TAP_TEMPLATE};
-use crate::sys::vhost::{VhostNetKernel, RX_QUEUE, TX_QUEUE, VHOST_NET_BITS};
-use crate::sys::vktest::Vktest;
+use crate::sys::vhost::{
+    feature_names, FeatureSet, VhostNetKernel, RX_QUEUE, TX_QUEUE, VHOST_NET_BITS, VHOST_NET_KERNEL_PATH,
+};
+use crate::sys::vktest::{Vktest, VKTEST_PATH};
 
 use super::ServeOpts;
 
@@ -125,4 +128,57 @@ impl Rig {
     pub fn attach(&self) -> Result<()> {
         self.vktest.attach_vhost(self.vhost.as_fd())
     }
+}
+
+/// What the devices say of a feature set, asked without attaching: a fresh
+/// /dev/vhost-net-kernel must offer its vhost-net part (VHOST_GET_FEATURES),
+/// and, for another set than the RFC's, a fresh /dev/vktest must accept the
+/// whole set (VKTEST_SET_FEATURES; the device is closed again). Bench and
+/// run read it differently: bench skips a set the kernel does not offer, run
+/// fails on it (the series must do every valid set).
+#[derive(Debug)]
+pub enum SetProbe {
+    /// Both devices take it.
+    Supported,
+    /// vhost-net does not offer these bits of it.
+    NotOffered { missing: u64, offered: u64 },
+    /// vktest has no VKTEST_SET_FEATURES (ENOTTY: the RFC's interface).
+    NoSetFeatures,
+    /// vktest refused it; the error carries the errno.
+    Refused(anyhow::Error),
+}
+
+impl SetProbe {
+    /// Why `set` cannot run, for a message (None when supported).
+    pub fn reason(&self, set: &FeatureSet) -> Option<String> {
+        match self {
+            SetProbe::Supported => None,
+            SetProbe::NotOffered { missing, offered } => Some(format!(
+                "{VHOST_NET_KERNEL_PATH} does not offer {} (VHOST_GET_FEATURES {offered:#x})",
+                feature_names(*missing).join(",")
+            )),
+            SetProbe::NoSetFeatures => {
+                Some(format!("{VKTEST_PATH} has no VKTEST_SET_FEATURES (a kernel with the RFC's interface)"))
+            }
+            SetProbe::Refused(e) => Some(format!("{VKTEST_PATH} does not offer feature set {} ({e:#})", set.name)),
+        }
+    }
+}
+
+/// Ask the devices about `set` ([`SetProbe`]); Err when they cannot be
+/// opened or asked at all.
+pub fn probe_feature_set(set: &FeatureSet) -> Result<SetProbe> {
+    let offered = VhostNetKernel::open()?.get_features()?;
+    let missing = set.vhost_bits() & !offered;
+    if missing != 0 {
+        return Ok(SetProbe::NotOffered { missing, offered });
+    }
+    if set.is_rfc() {
+        return Ok(SetProbe::Supported);
+    }
+    Ok(match Vktest::open()?.set_features(set.bits) {
+        Ok(()) => SetProbe::Supported,
+        Err(e) if errno_of(&e) == Some(nix::errno::Errno::ENOTTY) => SetProbe::NoSetFeatures,
+        Err(e) => SetProbe::Refused(e),
+    })
 }

@@ -6,16 +6,15 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use nix::errno::Errno;
 use nix::sys::signal::Signal;
 
-use crate::errno_of;
 use crate::net::{LinkWatcher, Rtnl};
+use crate::serve::rig::{probe_feature_set, SetProbe};
 use crate::serve::Interfaces;
 use crate::sys::netns::{self, NetnsGuard};
-use crate::sys::vhost::{feature_names, vktest_features_valid, FeatureSet, VhostNetKernel, VHOST_NET_KERNEL_PATH};
+use crate::sys::vhost::{feature_names, vktest_features_valid, FeatureSet, VHOST_NET_KERNEL_PATH};
 use crate::sys::virtio::{vdpa_devices, virtio_device_of, virtio_negotiated_features, VDPA_DEVICES};
-use crate::sys::vktest::{Vktest, VKTEST_PATH};
+use crate::sys::vktest::VKTEST_PATH;
 
 use super::*;
 
@@ -103,21 +102,11 @@ pub(crate) fn feature_set_skip(set: &FeatureSet, opts: &RunOpts) -> Result<Optio
             "feature set {set} is not a valid virtio-net set (host_tso* needs csum, guest_tso* guest_csum)"
         )));
     }
-    let vhost = VhostNetKernel::open()?;
-    let offered = vhost.get_features()?;
-    let missing = set.vhost_bits() & !offered;
-    anyhow::ensure!(
-        missing == 0,
-        "{VHOST_NET_KERNEL_PATH} does not offer {} of feature set {set} (VHOST_GET_FEATURES {offered:#x})",
-        feature_names(missing).join(",")
-    );
-    let vk = Vktest::open()?;
-    match vk.set_features(set.bits) {
-        Ok(()) => Ok(None),
-        Err(e) if errno_of(&e) == Some(Errno::ENOTTY) => {
-            Ok(Some(format!("{VKTEST_PATH} has no VKTEST_SET_FEATURES (a kernel with the RFC's interface)")))
-        }
-        Err(e) => Err(e.context(format!("vktest refused the valid feature set {set}"))),
+    match probe_feature_set(set)? {
+        SetProbe::Supported => Ok(None),
+        SetProbe::NoSetFeatures => Ok(SetProbe::NoSetFeatures.reason(set)),
+        SetProbe::Refused(e) => Err(e.context(format!("vktest refused the valid feature set {set}"))),
+        not_offered => bail!("feature set {set}: {}", not_offered.reason(set).unwrap_or_default()),
     }
 }
 
