@@ -12,7 +12,7 @@ VKT_TARBALL="${VKT_TARBALL:-/usr/src/linux-source-6.12.tar.xz}"
 # shellcheck disable=SC2034 # used by setup.sh
 VKT_APT_PACKAGES=(qemu-system-x86 linux-source-6.12 busybox-static cpio bc
 	bison flex libelf-dev libssl-dev make gcc xz-utils patch python3 perl
-	shellcheck rsync iproute2 iputils-ping)
+	shellcheck rsync iproute2 iputils-ping sparse)
 
 # Harness subcommands that a first harness argument may select, for
 # scripts/vmtest and the guest's /init (mkinitramfs.sh writes the list to
