@@ -8,7 +8,8 @@
 # extracted into the cache, or --tree DIR (any 6.12 tree, built out of tree
 # with O=). The series of kernel-patches/ is applied in the order of
 # kernel-patches/series unless it is already applied (or --no-patches).
-# Configuration: tinyconfig + selftests/vhost_kernel/config (+ config.debug
+# Configuration: tinyconfig + scripts/lib/vm.config (what the VM needs) +
+# selftests/vhost_kernel/config (what the test needs) (+ config.debug
 # with --debug) + olddefconfig, checked option by option.
 # --fault NAME applies kernel-patches/faults/NAME.patch (a deliberately
 # broken variant) after the series, in the same build dir as the build
@@ -88,7 +89,7 @@ flavour() {
 
 # Config fragments to merge, in order.
 fragments() {
-	printf '%s\n' "$VKT_ROOT/selftests/vhost_kernel/config"
+	printf '%s\n' "$VKT_ROOT/scripts/lib/vm.config" "$VKT_ROOT/selftests/vhost_kernel/config"
 	if [ "$OPT_DEBUG" -eq 1 ]; then
 		printf '%s\n' "$VKT_ROOT/selftests/vhost_kernel/config.debug"
 	fi

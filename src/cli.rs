@@ -22,7 +22,7 @@ driver (/dev/vktest) to a virtio-net interface.
 
 Data path: TAP vhostkernelN (h2g) <-> vhost-net <-> vktest <-> virtio_vdpa <->
 virtio_net ethN (g2h). Needs root and a kernel with CONFIG_VHOST_KERNEL=y and
-CONFIG_VHOST_KERNEL_TEST=y; without them `run` and `attach` print every test
+CONFIG_VDPA_VKTEST=y; without them `run` and `attach` print every test
 as skipped and exit 4.";
 
 const EXAMPLES: &str = "\

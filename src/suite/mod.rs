@@ -94,9 +94,9 @@ pub fn skip_reason() -> Option<String> {
     match (node_exists(VHOST_NET_KERNEL_PATH), node_exists(VKTEST_PATH)) {
         (true, true) => None,
         (false, true) => Some(format!("{VHOST_NET_KERNEL_PATH} missing (CONFIG_VHOST_KERNEL=y needed)")),
-        (true, false) => Some(format!("{VKTEST_PATH} missing (CONFIG_VHOST_KERNEL_TEST=y needed)")),
+        (true, false) => Some(format!("{VKTEST_PATH} missing (CONFIG_VDPA_VKTEST=y needed)")),
         (false, false) => Some(format!(
-            "{VHOST_NET_KERNEL_PATH} and {VKTEST_PATH} missing (CONFIG_VHOST_KERNEL=y and CONFIG_VHOST_KERNEL_TEST=y needed)"
+            "{VHOST_NET_KERNEL_PATH} and {VKTEST_PATH} missing (CONFIG_VHOST_KERNEL=y and CONFIG_VDPA_VKTEST=y needed)"
         )),
     }
 }
