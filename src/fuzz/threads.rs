@@ -115,33 +115,50 @@ fn rounds(
     let mut states = vec![Model::default()];
     let mut n = 0u64;
     loop {
-        // Each thread's next call; opens and closes on the way are made now.
+        // Each thread's next call; opens and closes on the way are made now,
+        // and a call picked before one of them is checked again (its object
+        // may be gone), until a pass makes none.
         let mut round: Vec<Option<Op>> = vec![None; threads];
-        for (t, slot) in round.iter_mut().enumerate() {
-            while !budget.spent(n) {
-                let pool = shared.read().map_err(|_| lock_err())?;
-                if queues[t].is_empty() {
-                    queues[t].extend(pool.draw(rng));
+        let mut changed = true;
+        while changed && !budget.spent(n) {
+            changed = false;
+            let pool = shared.read().map_err(|_| lock_err())?;
+            for slot in round.iter_mut() {
+                if slot.as_ref().is_some_and(|op| !pool.still_valid(op)) {
+                    *slot = None;
                 }
-                let Some(op) = queues[t].pop_front() else { continue };
-                if !pool.still_valid(&op) {
-                    continue;
-                }
-                drop(pool);
-                n += 1;
-                if matches!(op, Op::Open(_) | Op::Close(_)) {
-                    let res =
-                        shared.write().map_err(|_| lock_err())?.run(&op).with_context(|| format!("call {n}: {op}"))?;
-                    tally.count(&op, res);
-                    for s in &mut states {
-                        s.update(&op, res);
+            }
+            drop(pool);
+            for (t, slot) in round.iter_mut().enumerate() {
+                while slot.is_none() && !budget.spent(n) {
+                    let pool = shared.read().map_err(|_| lock_err())?;
+                    if queues[t].is_empty() {
+                        queues[t].extend(pool.draw(rng));
                     }
-                    continue;
+                    let Some(op) = queues[t].pop_front() else { continue };
+                    if !pool.still_valid(&op) {
+                        continue;
+                    }
+                    drop(pool);
+                    n += 1;
+                    if matches!(op, Op::Open(_) | Op::Close(_)) {
+                        let mut pool = shared.write().map_err(|_| lock_err())?;
+                        let res = pool.run(&op).with_context(|| format!("call {n}: {op}"))?;
+                        tally.count(&op, res);
+                        for s in &mut states {
+                            s.update(&op, res);
+                        }
+                        changed = true;
+                    } else {
+                        *slot = Some(op);
+                    }
                 }
-                *slot = Some(op);
-                break;
             }
         }
+        // The budget may end right after a close: no call to a gone object.
+        let pool = shared.read().map_err(|_| lock_err())?;
+        round.iter_mut().filter(|op| op.as_ref().is_some_and(|op| !pool.still_valid(op))).for_each(|op| *op = None);
+        drop(pool);
         if round.iter().all(Option::is_none) {
             return Ok(());
         }
