@@ -28,11 +28,12 @@
 //! | refused on V (VRING_NUM/ADDR/BASE/ENDIAN, MEM_TABLE, LOG_BASE/FD) | EPERM |
 //! | any other ioctl on V | V attached -> EPERM, then as below |
 //! | VHOST_SET_OWNER | owned -> EBUSY; ok |
-//! | VHOST_GET_FEATURES | ok (no owner needed) |
+//! | VHOST_GET_FEATURES | ok (no owner needed; the offered set is not read: v1 offers VHOST_F_LOG_ALL, v2 not, both pass) |
 //! | VHOST_SET_FEATURES | LOG_ALL or bits outside VHOST_NET_FEATURES -> EOPNOTSUPP; ok |
 //! | VHOST_SET_VRING_KICK/CALL on V | not owned -> EPERM; index >= 2 -> ENOBUFS; closed fd -> EBADF; not an eventfd (nor -1) -> EINVAL; ok |
 //! | VHOST_NET_SET_BACKEND | not owned -> EPERM; index >= 2 -> ENOBUFS; not a TAP (nor -1) -> ENOTSOCK; ok |
-//! | NULL argument on V | KICK and not owned -> EPERM; EFAULT |
+//! | VHOST_SET/GET_VRING_BUSYLOOP_TIMEOUT | not owned -> EPERM; index >= 2 -> ENOBUFS; ok (any timeout) |
+//! | NULL argument on V | KICK or SET_VRING_BUSYLOOP_TIMEOUT and not owned -> EPERM; EFAULT |
 //! | vktest ioctl on V | not owned -> EPERM; ATTACH (arg 700) -> EFAULT; ENOTTY |
 //! | VHOST_SET_VRING_KICK/CALL on K | index >= 2 -> EINVAL; closed fd -> EBADF; not an eventfd (nor -1) -> EINVAL; K attached -> EBUSY; ok |
 //! | VKTEST_SET_FEATURES | invalid set -> EINVAL; K attached -> EBUSY; ok |
@@ -40,6 +41,22 @@
 //! | NULL argument on K | EFAULT |
 //! | vhost ioctl on K, eventfd, /dev/null | ENOTTY |
 //! | ioctl of either node on a TAP | EINVAL |
+//! | write of u64 v to an eventfd (non-blocking) | v = ULLONG_MAX -> EINVAL; counter + v >= ULLONG_MAX -> EAGAIN; ok (8 bytes) |
+//! | read of an eventfd (non-blocking) | counter 0 -> EAGAIN; ok (counter back to 0) |
+//!
+//! The counter of an eventfd is ours to know until a SET_VRING_KICK/CALL
+//! gives it to the kernel, which may then signal (+1) and read it: from
+//! then on a write that stays 2^40 below the limit must succeed, nearer it
+//! EAGAIN is allowed too, and a read may give either answer.
+//!
+//! With `--threads N` ([`threads`]) the calls run in rounds, one per thread,
+//! at the same time on the same objects (opens and closes between rounds).
+//! A round's answers are right if some order of its calls gives each the
+//! answer of this table in the state the calls before it left (from one
+//! of the states earlier rounds left possible); the states all such orders
+//! reach are where the next round starts. So a SET_FEATURES without
+//! ACCESS_PLATFORM and an attach that both succeed fail the round (before
+//! the attach, the attach has no IOTLB; after it, SET_FEATURES is EPERM).
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
