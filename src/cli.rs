@@ -64,15 +64,20 @@ Random but valid-shaped sequences of the ioctls of /dev/vhost-net-kernel and
 /dev/vktest: opens and closes of both nodes, eventfds, TAPs and /dev/null;
 SET_OWNER, GET/SET_FEATURES (random bits), SET_VRING_KICK/CALL and
 SET_BACKEND (random indexes, out of range included; fds of the wrong kind,
-closed fds, -1), the refused ioctls, VKTEST_SET_FEATURES, VKTEST_ATTACH_VHOST
-in random order (also after attach), NULL arguments, ioctls of the other
-node, and now and then the valid serve wiring so that attaches succeed.
+closed fds, -1), SET/GET_VRING_BUSYLOOP_TIMEOUT, the refused ioctls,
+VKTEST_SET_FEATURES, VKTEST_ATTACH_VHOST in random order (also after attach),
+NULL arguments, ioctls of the other node, writes and reads of the eventfds
+given to the kernel as kicks and calls (also while attached and probing),
+and now and then the valid serve wiring (half of the time with busy polling)
+so that attaches succeed.
 
 Each call has exactly one right result, given the state of the fds it
 involves (owner set, IOTLB, eventfds set, attached, peer closed), which a
-model follows from the results so far (the table in src/fuzz.rs): any
+model follows from the results so far (the table in src/fuzz/mod.rs): any
 other result, or a kernel report, fails the phase, with a replay line and
-that state. KTAP: one test point per phase (fuzz_phase_K); a phase starts
+that state. With --threads N, N threads make the calls in rounds, at the
+same time on the same fds: a round's answers must be those of some order
+of its calls. KTAP: one test point per phase (fuzz_phase_K); a phase starts
 from nothing and ends by closing all and checking that no interface, vdpa
 device or fd is left. The seed is the first diagnostic line. Exit: 0 pass,
 1 fail, 4 devices (or root) missing.";
@@ -338,6 +343,11 @@ pub struct FuzzArgs {
     /// Limit, in seconds, of every wait.
     #[arg(long, default_value_t = 15)]
     pub timeout: u64,
+    /// Threads making the calls at once, on the same objects (1: one call
+    /// at a time, each with its one right answer; more: rounds of
+    /// concurrent calls, right if some order of them explains the answers).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=16))]
+    pub threads: u64,
     /// Harness self-test: read the kernel log from this path instead of /dev/kmsg.
     #[arg(long, value_name = "PATH", hide = true, default_value = vhost_kernel_test::sys::kmsg::KMSG_PATH)]
     pub kmsg_path: String,
@@ -466,6 +476,7 @@ impl TryFrom<FuzzArgs> for FuzzOpts {
             phase: a.phase,
             timeout: Duration::from_secs(a.timeout),
             kmsg_path: if a.no_kernel_log { String::new() } else { a.kmsg_path },
+            threads: a.threads as usize,
         })
     }
 }

@@ -28,11 +28,12 @@
 //! | refused on V (VRING_NUM/ADDR/BASE/ENDIAN, MEM_TABLE, LOG_BASE/FD) | EPERM |
 //! | any other ioctl on V | V attached -> EPERM, then as below |
 //! | VHOST_SET_OWNER | owned -> EBUSY; ok |
-//! | VHOST_GET_FEATURES | ok (no owner needed) |
+//! | VHOST_GET_FEATURES | ok (no owner needed; the offered set is not read: v1 offers VHOST_F_LOG_ALL, v2 not, both pass) |
 //! | VHOST_SET_FEATURES | LOG_ALL or bits outside VHOST_NET_FEATURES -> EOPNOTSUPP; ok |
 //! | VHOST_SET_VRING_KICK/CALL on V | not owned -> EPERM; index >= 2 -> ENOBUFS; closed fd -> EBADF; not an eventfd (nor -1) -> EINVAL; ok |
 //! | VHOST_NET_SET_BACKEND | not owned -> EPERM; index >= 2 -> ENOBUFS; not a TAP (nor -1) -> ENOTSOCK; ok |
-//! | NULL argument on V | KICK and not owned -> EPERM; EFAULT |
+//! | VHOST_SET/GET_VRING_BUSYLOOP_TIMEOUT | not owned -> EPERM; index >= 2 -> ENOBUFS; ok (any timeout) |
+//! | NULL argument on V | KICK or SET_VRING_BUSYLOOP_TIMEOUT and not owned -> EPERM; EFAULT |
 //! | vktest ioctl on V | not owned -> EPERM; ATTACH (arg 700) -> EFAULT; ENOTTY |
 //! | VHOST_SET_VRING_KICK/CALL on K | index >= 2 -> EINVAL; closed fd -> EBADF; not an eventfd (nor -1) -> EINVAL; K attached -> EBUSY; ok |
 //! | VKTEST_SET_FEATURES | invalid set -> EINVAL; K attached -> EBUSY; ok |
@@ -40,6 +41,22 @@
 //! | NULL argument on K | EFAULT |
 //! | vhost ioctl on K, eventfd, /dev/null | ENOTTY |
 //! | ioctl of either node on a TAP | EINVAL |
+//! | write of u64 v to an eventfd (non-blocking) | v = ULLONG_MAX -> EINVAL; counter + v >= ULLONG_MAX -> EAGAIN; ok (8 bytes) |
+//! | read of an eventfd (non-blocking) | counter 0 -> EAGAIN; ok (counter back to 0) |
+//!
+//! The counter of an eventfd is ours to know until a SET_VRING_KICK/CALL
+//! gives it to the kernel, which may then signal (+1) and read it: from
+//! then on a write that stays 2^40 below the limit must succeed, nearer it
+//! EAGAIN is allowed too, and a read may give either answer.
+//!
+//! With `--threads N` ([`threads`]) the calls run in rounds, one per thread,
+//! at the same time on the same objects (opens and closes between rounds).
+//! A round's answers are right if some order of its calls gives each the
+//! answer of this table in the state the calls before it left (from one
+//! of the states earlier rounds left possible); the states all such orders
+//! reach are where the next round starts. So a SET_FEATURES without
+//! ACCESS_PLATFORM and an attach that both succeed fail the round (before
+//! the attach, the attach has no IOTLB; after it, SET_FEATURES is EPERM).
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
@@ -56,6 +73,7 @@ use crate::sys::vhost::{node_exists, VHOST_NET_PATH};
 pub mod model;
 pub mod ops;
 pub mod pool;
+mod threads;
 
 pub use crate::sys::vhost::vktest_features_valid;
 use model::VHOST_F_LOG_ALL;
@@ -89,6 +107,9 @@ pub struct FuzzOpts {
     /// Limit of every wait (interfaces to go, kernel log markers).
     pub timeout: Duration,
     pub kmsg_path: String,
+    /// Threads making the calls at once (1: one call at a time, each with
+    /// its one right answer; more: rounds of concurrent calls, see [`threads`]).
+    pub threads: usize,
 }
 
 /// The phases of a run: (phase number, calls or None for time-bounded, time share).
@@ -113,12 +134,49 @@ struct Tally {
     ok: u64,
     attached: u64,
     errnos: BTreeMap<String, u64>,
+    /// Concurrent mode: rounds, and the most states a round left possible.
+    rounds: u64,
+    max_states: usize,
+    /// Eventfd writes and busy-poll timeouts, as made (any answer).
+    writes: u64,
+    busyloops: u64,
 }
 
 impl Tally {
+    fn count(&mut self, op: &Op, res: Result<(), nix::errno::Errno>) {
+        self.calls += 1;
+        match op {
+            Op::WriteEventfd(..) => self.writes += 1,
+            Op::SetBusyloop { .. } | Op::GetBusyloop { .. } => self.busyloops += 1,
+            _ => {}
+        }
+        match res {
+            Ok(()) => {
+                self.ok += 1;
+                if matches!(op, Op::Attach { .. }) {
+                    self.attached += 1;
+                }
+            }
+            Err(e) => *self.errnos.entry(format!("{e:?}")).or_default() += 1,
+        }
+    }
+
     fn summary(&self) -> String {
         let e: Vec<String> = self.errnos.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        format!("{} calls: {} ok, {} attaches; {}", self.calls, self.ok, self.attached, e.join(", "))
+        let rounds = if self.rounds > 0 {
+            format!("; {} rounds, at most {} possible states", self.rounds, self.max_states)
+        } else {
+            String::new()
+        };
+        format!(
+            "{} calls: {} ok, {} attaches, {} eventfd writes, {} busyloop calls{rounds}; {}",
+            self.calls,
+            self.ok,
+            self.attached,
+            self.writes,
+            self.busyloops,
+            e.join(", ")
+        )
     }
 }
 
@@ -138,32 +196,33 @@ async fn phase(
     let mut pool = Pool { plain_vhost: node_exists(VHOST_NET_PATH), ..Default::default() };
     let deadline = share.map(|d| Instant::now() + d);
     let mut tally = Tally::default();
-    let mut model = Model::default();
     let mut bad = Vec::new();
-    let mut n = 0u64;
-    'outer: loop {
-        for op in pool.draw(&mut rng) {
-            if calls.is_some_and(|c| n >= c) || deadline.is_some_and(|d| Instant::now() >= d) {
-                break 'outer;
-            }
-            n += 1;
-            let res = pool.run(&op).with_context(|| format!("phase {k} call {n}: {op}"))?;
-            tally.calls += 1;
-            match res {
-                Ok(()) => {
-                    tally.ok += 1;
-                    if matches!(op, Op::Attach { .. }) {
-                        tally.attached += 1;
-                    }
+    let threads = if opts.threads > 1 { format!(" --threads {}", opts.threads) } else { String::new() };
+    let mut flag = |n: u64, what: String| {
+        if bad.len() < 10 {
+            diag(format!("unexpected: phase {k} call {n}: {what}"));
+            diag(format!("replay: vhost-kernel-test fuzz --seed {} --phase {k} --count {n}{threads}", opts.seed));
+        }
+        bad.push(n);
+    };
+    if opts.threads > 1 {
+        let mut budget = threads::Budget { calls, deadline, flag: &mut flag };
+        threads::run(&mut pool, &mut rng, opts.threads, &mut budget, &mut tally)
+            .with_context(|| format!("phase {k}"))?;
+    } else {
+        let mut model = Model::default();
+        let mut n = 0u64;
+        'outer: loop {
+            for op in pool.draw(&mut rng) {
+                if calls.is_some_and(|c| n >= c) || deadline.is_some_and(|d| Instant::now() >= d) {
+                    break 'outer;
                 }
-                Err(e) => *tally.errnos.entry(format!("{e:?}")).or_default() += 1,
-            }
-            if let Some(why) = model.step(&op, res) {
-                if bad.len() < 10 {
-                    diag(format!("unexpected: phase {k} call {n}: {op}: {why}"));
-                    diag(format!("replay: vhost-kernel-test fuzz --seed {} --phase {k} --count {n}", opts.seed));
+                n += 1;
+                let res = pool.run(&op).with_context(|| format!("phase {k} call {n}: {op}"))?;
+                tally.count(&op, res);
+                if let Some(why) = model.step(&op, res) {
+                    flag(n, format!("{op}: {why}"));
                 }
-                bad.push(n);
             }
         }
     }

@@ -16,18 +16,24 @@ use super::*;
 pub enum Expect {
     Success,
     Fail(Errno),
+    /// Either (where the kernel may have changed the state unseen: an
+    /// eventfd's counter it signals or reads).
+    SuccessOr(Errno),
 }
 
 impl Expect {
     /// None if `res` is the expected result, else what is wrong.
     pub fn judge(self, res: Result<(), Errno>) -> Option<String> {
         match (self, res) {
-            (Expect::Success, Ok(())) => None,
-            (Expect::Fail(want), Err(e)) if e == want => None,
+            (Expect::Success | Expect::SuccessOr(_), Ok(())) => None,
+            (Expect::Fail(want) | Expect::SuccessOr(want), Err(e)) if e == want => None,
             (Expect::Fail(want), Ok(())) => Some(format!("succeeded, but must fail with {want:?}")),
             (Expect::Success, Err(e)) => Some(format!("failed with {e:?} ({}), but must succeed", e.desc())),
             (Expect::Fail(want), Err(e)) => {
                 Some(format!("failed with {e:?} ({}), but must fail with {want:?}", e.desc()))
+            }
+            (Expect::SuccessOr(want), Err(e)) => {
+                Some(format!("failed with {e:?} ({}), but must succeed or fail with {want:?}", e.desc()))
             }
         }
     }
@@ -50,7 +56,7 @@ pub(super) const VHOST_F_LOG_ALL: u64 = 1 << 26;
 /// Its kick, call and backend per queue are not kept: no answer depends on
 /// them (vhost_dev_get() does not look at them, SET_BACKEND replaces a
 /// recorded socket, SET_VRING_KICK/CALL replace an eventfd).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub(super) struct VhostState {
     /// VHOST_SET_OWNER succeeded (one process here: we are the owner).
     pub(super) owned: bool,
@@ -68,7 +74,7 @@ pub(super) struct VhostState {
 ///
 /// Its VKTEST_SET_FEATURES bits are not kept: no ioctl's answer depends on
 /// them (only what virtio-net negotiates after the attach).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub(super) struct VktestState {
     /// An eventfd is set as the kick / call of queue 0 and 1.
     pub(super) kick: [bool; 2],
@@ -79,6 +85,21 @@ pub(super) struct VktestState {
     pub(super) closed: bool,
 }
 
+/// What the model knows of one eventfd.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub(super) struct EventfdState {
+    /// The counter, from our writes and reads: exact while the kernel has
+    /// never been given the eventfd; once it has, an upper bound less the
+    /// signals of the kernel (each +1; it may also have read it).
+    pub(super) count: u64,
+    /// A SET_VRING_KICK/CALL with it succeeded (on either node).
+    pub(super) shared: bool,
+}
+
+/// More signals than the kernel can send an eventfd in a run: a write that
+/// stays this far from the counter's limit cannot overflow.
+const KERNEL_SIGNALS: u64 = 1 << 40;
+
 /// The oracle: the state of every object of a phase, from the results of
 /// the calls so far, and from it the one result the next call must have.
 ///
@@ -88,10 +109,11 @@ pub(super) struct VktestState {
 /// (vhost_net_ioctl, vhost_dev_ioctl, vhost_vring_ioctl, eventfd_fget,
 /// get_socket, tun's ioctl); the module documentation has the table.
 /// Objects appear at their first use (ids are never reused in a phase).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Model {
     vhosts: BTreeMap<u32, VhostState>,
     vktests: BTreeMap<u32, VktestState>,
+    eventfds: BTreeMap<u32, EventfdState>,
 }
 
 pub(super) fn obj_id(a: FdArg) -> Option<u32> {
@@ -117,6 +139,14 @@ impl Model {
         obj_id(a).and_then(|id| self.vktests.get(&id)).cloned().unwrap_or_default()
     }
 
+    pub(super) fn eventfd(&self, a: FdArg) -> EventfdState {
+        obj_id(a).and_then(|id| self.eventfds.get(&id)).cloned().unwrap_or_default()
+    }
+
+    pub(super) fn eventfd_mut(&mut self, a: FdArg) -> Option<&mut EventfdState> {
+        obj_id(a).filter(|_| obj_kind(a) == Some(Kind::Eventfd)).map(|id| self.eventfds.entry(id).or_default())
+    }
+
     pub(super) fn vhost_mut(&mut self, a: FdArg) -> Option<&mut VhostState> {
         obj_id(a).map(|id| self.vhosts.entry(id).or_default())
     }
@@ -128,7 +158,7 @@ impl Model {
     /// The result `op` must have now.
     pub fn expect(&self, op: &Op) -> Expect {
         use Errno::*;
-        use Expect::{Fail, Success};
+        use Expect::{Fail, Success, SuccessOr};
         let is = |a: &FdArg, k: Kind| obj_kind(*a) == Some(k);
         match op {
             Op::Open(_) | Op::Close(_) => Success,
@@ -143,6 +173,8 @@ impl Model {
             | Op::SetBackend { target: t, .. }
             | Op::NullArg { target: t, .. }
             | Op::WrongTarget { target: t, .. }
+            | Op::SetBusyloop { target: t, .. }
+            | Op::GetBusyloop { target: t, .. }
                 if is(t, Kind::VhostKernel) && self.vhost(*t).attached_to.is_some() =>
             {
                 Fail(EPERM)
@@ -252,10 +284,51 @@ impl Model {
                     _ => Fail(EINVAL),
                 }
             }
+            // vhost_dev_ioctl's owner check, then vhost_vring_ioctl's index
+            // (as SET_VRING_KICK): per queue, allowed before the attach.
+            Op::SetBusyloop { target, index, .. } | Op::GetBusyloop { target, index } => {
+                if !self.vhost(*target).owned {
+                    Fail(EPERM)
+                } else if *index >= 2 {
+                    Fail(ENOBUFS)
+                } else {
+                    Success
+                }
+            }
+            // eventfd_write: ULLONG_MAX is no value (EINVAL); a counter
+            // that would reach ULLONG_MAX makes a non-blocking write EAGAIN.
+            Op::WriteEventfd(t, v) => {
+                let e = self.eventfd(*t);
+                if *v == u64::MAX {
+                    Fail(EINVAL)
+                } else if !e.shared {
+                    if u64::MAX - e.count > *v {
+                        Success
+                    } else {
+                        Fail(EAGAIN)
+                    }
+                } else if e.count.saturating_add(*v).saturating_add(KERNEL_SIGNALS) < u64::MAX {
+                    Success
+                } else {
+                    SuccessOr(EAGAIN)
+                }
+            }
+            // eventfd_read: EAGAIN for a counter of 0.
+            Op::ReadEventfd(t) => {
+                let e = self.eventfd(*t);
+                if e.shared {
+                    SuccessOr(EAGAIN)
+                } else if e.count == 0 {
+                    Fail(EAGAIN)
+                } else {
+                    Success
+                }
+            }
             Op::NullArg { target, req } => {
                 // The vring ioctls check the owner before reading the index;
                 // GET/SET_FEATURES and the -kernel SET_BACKEND copy first.
-                if is(target, Kind::VhostKernel) && *req == ioctl::VHOST_SET_VRING_KICK && !self.vhost(*target).owned {
+                let vring = *req == ioctl::VHOST_SET_VRING_KICK || *req == ioctl::VHOST_SET_VRING_BUSYLOOP_TIMEOUT;
+                if is(target, Kind::VhostKernel) && vring && !self.vhost(*target).owned {
                     Fail(EPERM)
                 } else {
                     Fail(EFAULT)
@@ -292,13 +365,20 @@ impl Model {
                 Some(Kind::Vktest) => self.vktest_mut(*a).into_iter().for_each(|k| k.closed = true),
                 _ => {}
             },
+            Op::ReadEventfd(t) if matches!(res, Ok(()) | Err(Errno::EAGAIN)) => {
+                self.eventfd_mut(*t).into_iter().for_each(|e| e.count = 0)
+            }
             _ if res.is_err() => {}
+            Op::WriteEventfd(t, v) => {
+                self.eventfd_mut(*t).into_iter().for_each(|e| e.count = e.count.saturating_add(*v))
+            }
             Op::SetOwner(t) => self.vhost_mut(*t).into_iter().for_each(|v| v.owned = true),
             Op::SetFeatures(t, bits) => {
                 let iotlb = bits & ioctl::VIRTIO_F_ACCESS_PLATFORM != 0;
                 self.vhost_mut(*t).into_iter().for_each(|v| v.iotlb = iotlb);
             }
             Op::VktestVringFd { target, call, index, fd } if *index < 2 => {
+                self.eventfd_mut(*fd).into_iter().for_each(|e| e.shared = true);
                 let set = *fd != FdArg::Unbind;
                 if let Some(k) = self.vktest_mut(*target) {
                     if *call {
@@ -307,6 +387,10 @@ impl Model {
                         k.kick[*index as usize] = set;
                     }
                 }
+            }
+            // The kernel holds the eventfd (also a wrong success at index >= 2).
+            Op::VhostVringFd { fd, .. } | Op::VktestVringFd { fd, .. } => {
+                self.eventfd_mut(*fd).into_iter().for_each(|e| e.shared = true)
             }
             Op::Attach { target, fd } => {
                 if let Some(k) = self.vktest_mut(*target) {
@@ -370,8 +454,106 @@ impl Model {
                     s.push(format!("attached to {v}{}", if gone { " (closed)" } else { "" }));
                 }
             }
+            Kind::Eventfd => {
+                let e = self.eventfd(a);
+                s.push(format!(
+                    "counter {:#x}{}",
+                    e.count,
+                    if e.shared { " or less, given to the kernel" } else { "" }
+                ));
+            }
             _ => return None,
         }
         Some(format!("{}#{id}: {}", kind.label(), s.join(", ")))
     }
+}
+
+/// One call of a round of concurrent calls and what the kernel answered.
+pub type Answered = (Op, Result<(), Errno>);
+
+/// Most states kept as possible after a round (a harness limit: far more
+/// than rounds of a few threads produce; past it the run stops, as a
+/// harness failure rather than a guess).
+const MAX_STATES: usize = 4096;
+
+/// The oracle of concurrent calls. `states` are the states the objects may
+/// be in before a round (several, when earlier rounds could have run in
+/// more than one order with different effects); `round` are calls that ran
+/// at the same time (each on its own thread, none before the round began,
+/// all done when it ended). The kernel must have run them in some order,
+/// one at a time (an ioctl is atomic with respect to the state the model
+/// keeps): the answers are right if some order of the calls, from some of
+/// the states, gives each call its one expected answer. Ok(the states
+/// after all such orders), or Err(what is wrong) if there is none.
+pub fn linearize(states: &[Model], round: &[Answered]) -> Result<Vec<Model>, String> {
+    let mut after = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for s in states {
+        orders(s, round, 0, &mut seen, &mut after)?;
+    }
+    if !after.is_empty() {
+        return Ok(after);
+    }
+    let s = &states[0];
+    // For each call: its answer judged first in the round and last in it
+    // (after the others, in the threads' order).
+    let each: Vec<String> = round
+        .iter()
+        .enumerate()
+        .map(|(i, (op, res))| {
+            let mut last = s.clone();
+            round.iter().enumerate().filter(|&(j, _)| j != i).for_each(|(_, (o, r))| last.update(o, *r));
+            let judged = |m: &Model| m.expect(op).judge(*res).unwrap_or_else(|| "right".into());
+            format!(
+                "[{op} -> {}: first: {} ({}); last: {} ({})]",
+                show(*res),
+                judged(s),
+                s.describe(op),
+                judged(&last),
+                last.describe(op)
+            )
+        })
+        .collect();
+    Err(format!(
+        "no order of these {} concurrent calls gives their answers, from any of {} possible states: {}",
+        round.len(),
+        states.len(),
+        each.join(" ")
+    ))
+}
+
+fn show(res: Result<(), Errno>) -> String {
+    match res {
+        Ok(()) => "ok".into(),
+        Err(e) => format!("{e:?}"),
+    }
+}
+
+/// Depth-first over the orders of the calls not in `done` (a bit mask),
+/// each state and set of calls visited once.
+fn orders(
+    m: &Model,
+    round: &[Answered],
+    done: u64,
+    seen: &mut std::collections::HashSet<(u64, Model)>,
+    out: &mut Vec<Model>,
+) -> Result<(), String> {
+    if !seen.insert((done, m.clone())) {
+        return Ok(());
+    }
+    if done.count_ones() as usize == round.len() {
+        if out.len() >= MAX_STATES {
+            return Err(format!("more than {MAX_STATES} possible states after a round (harness limit)"));
+        }
+        out.push(m.clone());
+        return Ok(());
+    }
+    for (i, (op, res)) in round.iter().enumerate() {
+        if done & (1 << i) == 0 && m.expect(op).judge(*res).is_none() {
+            let mut next = m.clone();
+            next.update(op, *res);
+            orders(&next, round, done | 1 << i, seen, out)?;
+        }
+    }
+    Ok(())
 }

@@ -49,7 +49,7 @@ pub fn fresh_seed() -> u64 {
     Rng::new(t as u64 ^ u64::from(std::process::id()) << 32).next_u64()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     VhostKernel,
     VhostPlain,
@@ -73,7 +73,7 @@ impl Kind {
 }
 
 /// An fd argument of a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FdArg {
     /// The pool object's fd.
     Obj(Kind, RawFd, u32),
@@ -121,14 +121,56 @@ pub enum Op {
     SetOwner(FdArg),
     GetFeatures(FdArg),
     SetFeatures(FdArg, u64),
-    VhostVringFd { target: FdArg, call: bool, index: u32, fd: FdArg },
-    SetBackend { target: FdArg, index: u32, fd: FdArg },
-    Refused { target: FdArg, req: u32, value: u64 },
-    VktestVringFd { target: FdArg, call: bool, index: u32, fd: FdArg },
+    VhostVringFd {
+        target: FdArg,
+        call: bool,
+        index: u32,
+        fd: FdArg,
+    },
+    SetBackend {
+        target: FdArg,
+        index: u32,
+        fd: FdArg,
+    },
+    Refused {
+        target: FdArg,
+        req: u32,
+        value: u64,
+    },
+    VktestVringFd {
+        target: FdArg,
+        call: bool,
+        index: u32,
+        fd: FdArg,
+    },
     VktestSetFeatures(FdArg, u64),
-    Attach { target: FdArg, fd: FdArg },
-    NullArg { target: FdArg, req: u32 },
-    WrongTarget { target: FdArg, req: u32 },
+    Attach {
+        target: FdArg,
+        fd: FdArg,
+    },
+    NullArg {
+        target: FdArg,
+        req: u32,
+    },
+    WrongTarget {
+        target: FdArg,
+        req: u32,
+    },
+    /// VHOST_SET_VRING_BUSYLOOP_TIMEOUT (microseconds of busy polling).
+    SetBusyloop {
+        target: FdArg,
+        index: u32,
+        timeout: u32,
+    },
+    GetBusyloop {
+        target: FdArg,
+        index: u32,
+    },
+    /// write(2) of one u64 to an eventfd (the kick and call eventfds are
+    /// shared with the kernel: it must take any value at any time).
+    WriteEventfd(FdArg, u64),
+    /// A non-blocking read(2) of an eventfd (takes its counter back to 0).
+    ReadEventfd(FdArg),
 }
 
 impl Op {
@@ -146,8 +188,26 @@ impl Op {
             | Op::Refused { target: t, .. }
             | Op::Attach { target: t, .. }
             | Op::NullArg { target: t, .. }
-            | Op::WrongTarget { target: t, .. } => Some(*t),
+            | Op::WrongTarget { target: t, .. }
+            | Op::SetBusyloop { target: t, .. }
+            | Op::GetBusyloop { target: t, .. }
+            | Op::WriteEventfd(t, _)
+            | Op::ReadEventfd(t) => Some(*t),
         }
+    }
+
+    /// Every fd the call names: its target, the object closed, the fd it passes.
+    pub fn fds(&self) -> Vec<FdArg> {
+        let mut v: Vec<FdArg> = self.target().into_iter().collect();
+        match self {
+            Op::Close(a) => v.push(*a),
+            Op::VhostVringFd { fd, .. }
+            | Op::VktestVringFd { fd, .. }
+            | Op::SetBackend { fd, .. }
+            | Op::Attach { fd, .. } => v.push(*fd),
+            _ => {}
+        }
+        v
     }
 }
 
@@ -169,6 +229,12 @@ impl fmt::Display for Op {
             Op::Attach { target, fd } => write!(f, "{target}: VKTEST_ATTACH_VHOST {fd}"),
             Op::NullArg { target, req } => write!(f, "{target}: {} with a NULL argument", ioctl::name(*req)),
             Op::WrongTarget { target, req } => write!(f, "{target}: {} (ioctl of another node)", ioctl::name(*req)),
+            Op::SetBusyloop { target, index, timeout } => {
+                write!(f, "{target}: VHOST_SET_VRING_BUSYLOOP_TIMEOUT index {index} timeout {timeout}")
+            }
+            Op::GetBusyloop { target, index } => write!(f, "{target}: VHOST_GET_VRING_BUSYLOOP_TIMEOUT index {index}"),
+            Op::WriteEventfd(t, v) => write!(f, "{t}: write {v:#x}"),
+            Op::ReadEventfd(t) => write!(f, "{t}: read"),
         }
     }
 }

@@ -54,7 +54,11 @@ impl Pool {
             Kind::VhostKernel => open_ro(VHOST_NET_KERNEL_PATH)?.into(),
             Kind::VhostPlain => open_ro(VHOST_NET_PATH)?.into(),
             Kind::Vktest => open_ro(VKTEST_PATH)?.into(),
-            Kind::Eventfd => EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC).context("eventfd")?.into(),
+            // Non-blocking: a write that would overflow the counter is
+            // EAGAIN instead of a hang (the kernel's own signals ignore it).
+            Kind::Eventfd => EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+                .context("eventfd")?
+                .into(),
             Kind::Tap => Tap::create_vhost_backend(TAP_TEMPLATE)?.into_owned_fd(),
             Kind::DevNull => open_ro("/dev/null")?.into(),
         };
@@ -96,7 +100,44 @@ pub(super) fn random_features(rng: &mut Rng) -> u64 {
     }
 }
 
+/// A busy-poll timeout in microseconds: mostly short, now and then none
+/// (0 turns it off), long, or the largest (the worker then polls until the
+/// scheduler wants its CPU back).
+pub(super) fn random_timeout(rng: &mut Rng) -> u32 {
+    match rng.below(20) {
+        0..=4 => 0,
+        5..=16 => 1 + rng.below(200) as u32,
+        17..=18 => 1000 + rng.below(50_000) as u32,
+        _ => u32::MAX,
+    }
+}
+
+/// A value to write to an eventfd: mostly small; now and then 0, the
+/// forbidden ULLONG_MAX, or one that leaves the counter at its limit (the
+/// next write would overflow it: EAGAIN).
+pub(super) fn random_eventfd_value(rng: &mut Rng) -> u64 {
+    match rng.below(20) {
+        0..=14 => 1 + rng.below(1000),
+        15 => 0,
+        16 => u64::MAX,
+        17 => u64::MAX - 1,
+        _ => u64::MAX - 1 - rng.below(1 << 20),
+    }
+}
+
 impl Pool {
+    /// An eventfd to write or read: usually one of the four a wiring
+    /// recipe gives the kernel (the last four opened).
+    pub(super) fn eventfd(&self, rng: &mut Rng) -> Option<FdArg> {
+        let efds = self.of_kind(&[Kind::Eventfd]);
+        let recent = &efds[efds.len().saturating_sub(4)..];
+        match (recent.is_empty(), rng.below(4)) {
+            (true, _) => None,
+            (false, 0) => self.target(rng, &[Kind::Eventfd]),
+            _ => Some(self.arg(recent[rng.below(recent.len() as u64) as usize])),
+        }
+    }
+
     pub(super) fn fd_arg(&self, rng: &mut Rng) -> FdArg {
         match rng.below(20) {
             0 | 1 => FdArg::Closed(closed_fd(rng)),
@@ -132,7 +173,7 @@ impl Pool {
         if self.objs.len() >= MAX_OBJS {
             return vec![Op::Close(self.arg(rng.below(self.objs.len() as u64) as usize))];
         }
-        let r = rng.below(100);
+        let r = rng.below(114);
         let open = |k: Kind| vec![Op::Open(k)];
         match (r, vhost, vk) {
             (0..=5, ..) => open(Kind::VhostKernel),
@@ -196,6 +237,7 @@ impl Pool {
                         ioctl::VHOST_SET_FEATURES,
                         ioctl::VHOST_SET_VRING_KICK,
                         ioctl::VHOST_NET_SET_BACKEND,
+                        ioctl::VHOST_SET_VRING_BUSYLOOP_TIMEOUT,
                     ])
                 };
                 vec![Op::NullArg { target, req }]
@@ -216,6 +258,18 @@ impl Pool {
                 vec![Op::WrongTarget { target, req }]
             }
             (90..=99, Some(v), Some(k)) => self.recipe(rng, v, k),
+            (100..=107, ..) => match self.eventfd(rng) {
+                Some(e) => vec![Op::WriteEventfd(e, random_eventfd_value(rng))],
+                None => open(Kind::Eventfd),
+            },
+            (108, ..) => match self.eventfd(rng) {
+                Some(e) => vec![Op::ReadEventfd(e)],
+                None => open(Kind::Eventfd),
+            },
+            (109..=112, Some(target), _) => {
+                vec![Op::SetBusyloop { target, index: random_index(rng), timeout: random_timeout(rng) }]
+            }
+            (113, Some(target), _) => vec![Op::GetBusyloop { target, index: random_index(rng) }],
             (_, None, _) => open(Kind::VhostKernel),
             _ => open(Kind::Vktest),
         }
@@ -223,7 +277,10 @@ impl Pool {
 
     /// The valid wiring of `v` and `k` (the serve flow), with the existing
     /// eventfds and TAP, then the attach: so that attaches do succeed and the
-    /// calls after them are exercised.
+    /// calls after them are exercised. Half of the time with busy polling
+    /// on both queues (the worker then polls the paired queue), and often
+    /// with writes to the kick and call eventfds right after the attach,
+    /// while virtio-net probes the device.
     pub(super) fn recipe(&self, rng: &mut Rng, v: FdArg, k: FdArg) -> Vec<Op> {
         let efds = self.of_kind(&[Kind::Eventfd]);
         let Some(tap) = self.target(rng, &[Kind::Tap]) else { return vec![Op::Open(Kind::Tap)] };
@@ -242,7 +299,15 @@ impl Pool {
         ops.push(Op::SetFeatures(v, crate::sys::vhost::RFC_FEATURES));
         ops.push(Op::SetBackend { target: v, index: 0, fd: tap });
         ops.push(Op::SetBackend { target: v, index: 1, fd: tap });
+        if rng.below(2) == 0 {
+            for index in 0..2 {
+                ops.push(Op::SetBusyloop { target: v, index, timeout: 1 + rng.below(200) as u32 });
+            }
+        }
         ops.push(Op::Attach { target: k, fd: v });
+        for _ in 0..rng.below(4) {
+            ops.push(Op::WriteEventfd(e[rng.below(4) as usize], 1));
+        }
         ops
     }
 
@@ -251,15 +316,31 @@ impl Pool {
         match op {
             Op::Open(k) => {
                 self.open(*k)?;
-                return Ok(Ok(()));
+                Ok(Ok(()))
             }
             Op::Close(a) => {
                 let id = self.find(*a).map(|x| x.id);
                 self.objs.retain(|o| Some(o.id) != id);
-                return Ok(Ok(()));
+                Ok(Ok(()))
             }
-            _ => {}
+            _ => self.call(op),
         }
+    }
+
+    /// Whether `op`, drawn earlier, can still be made as drawn: the objects
+    /// it names are open and its closed fd numbers still closed (a thread's
+    /// queued calls, after another thread's open or close).
+    pub(super) fn still_valid(&self, op: &Op) -> bool {
+        op.fds().into_iter().all(|a| match a {
+            FdArg::Obj(..) => self.find(a).is_some(),
+            FdArg::Closed(n) => !std::path::Path::new(&format!("/proc/self/fd/{n}")).exists(),
+            FdArg::Unbind => true,
+        })
+    }
+
+    /// Make a call other than open/close (which need `&mut`); several
+    /// threads may do so at once on the same objects.
+    pub(super) fn call(&self, op: &Op) -> Result<Result<(), Errno>> {
         let Some(obj) = op.target().and_then(|t| self.find(t)) else {
             anyhow::bail!("{op}: target not open (harness bug)");
         };
@@ -267,7 +348,31 @@ impl Pool {
         let vf = |index: u32, fd: FdArg| VhostVringFile { index, fd: fd.raw() };
         let kc = |call: bool| if call { ioctl::VHOST_SET_VRING_CALL } else { ioctl::VHOST_SET_VRING_KICK };
         Ok(match op {
-            Op::Open(_) | Op::Close(_) => Ok(()),
+            Op::Open(_) | Op::Close(_) => anyhow::bail!("{op}: not a call (harness bug)"),
+            Op::SetBusyloop { index, timeout, .. } => {
+                let s = VhostVringState { index: *index, num: *timeout };
+                // SAFETY: VHOST_SET_VRING_BUSYLOOP_TIMEOUT reads one struct vhost_vring_state.
+                unsafe { ioctl::ioctl_with_ref(target, ioctl::VHOST_SET_VRING_BUSYLOOP_TIMEOUT, &s) }
+            }
+            Op::GetBusyloop { index, .. } => {
+                let mut s = VhostVringState { index: *index, num: 0 };
+                // SAFETY: VHOST_GET_VRING_BUSYLOOP_TIMEOUT reads and writes
+                // one struct vhost_vring_state.
+                unsafe { ioctl::ioctl_with_mut(target, ioctl::VHOST_GET_VRING_BUSYLOOP_TIMEOUT, &mut s) }
+            }
+            Op::WriteEventfd(_, v) => match nix::unistd::write(target, &v.to_ne_bytes()) {
+                Ok(8) => Ok(()),
+                Ok(n) => anyhow::bail!("{op}: {n} bytes written, an eventfd takes 8 or none"),
+                Err(e) => Err(e),
+            },
+            Op::ReadEventfd(_) => {
+                let mut b = [0u8; 8];
+                match nix::unistd::read(target, &mut b) {
+                    Ok(8) => Ok(()),
+                    Ok(n) => anyhow::bail!("{op}: {n} bytes read, an eventfd gives 8 or none"),
+                    Err(e) => Err(e),
+                }
+            }
             // SAFETY: VHOST_SET_OWNER takes no argument.
             Op::SetOwner(_) => unsafe { ioctl::ioctl_none(target, ioctl::VHOST_SET_OWNER) },
             Op::GetFeatures(_) => {

@@ -72,8 +72,14 @@ fn errno_table() {
 
 #[test]
 fn phases_split_the_count() {
-    let o =
-        |limit, phase| FuzzOpts { seed: 1, limit, phase, timeout: Duration::from_secs(1), kmsg_path: String::new() };
+    let o = |limit, phase| FuzzOpts {
+        seed: 1,
+        limit,
+        phase,
+        timeout: Duration::from_secs(1),
+        kmsg_path: String::new(),
+        threads: 1,
+    };
     let p = plan(&o(Limit::Count(600), None));
     assert_eq!(p.iter().map(|x| x.1.unwrap()).collect::<Vec<_>>(), [250, 250, 100]);
     assert_eq!(plan(&o(Limit::Count(5), None)), [(1, Some(5), None)]);
@@ -128,6 +134,7 @@ const OUTCOMES: &[Result<(), Errno>] = &[
     Err(Errno::EOPNOTSUPP),
     Err(Errno::ENOTTY),
     Err(Errno::ENOMEM),
+    Err(Errno::EAGAIN),
 ];
 
 /// Feed the model `(op, outcome)` pairs that must all be judged right.
@@ -339,4 +346,114 @@ fn the_model_follows_what_the_kernel_did() {
     assert!(why.contains("EINVAL"), "{why}");
     only(&m, &Op::GetFeatures(V), Err(Errno::EPERM));
     only(&m, &Op::Attach { target: K, fd: W }, Err(Errno::EBUSY));
+}
+
+#[test]
+fn busyloop_timeout_is_a_queue_ioctl_until_the_attach() {
+    let set = |index, timeout| Op::SetBusyloop { target: V, index, timeout };
+    let get = |index| Op::GetBusyloop { target: V, index };
+    let mut m = Model::default();
+    only(&m, &set(0, 50), Err(Errno::EPERM));
+    only(&m, &get(1), Err(Errno::EPERM));
+    only(&m, &set(7, 50), Err(Errno::EPERM));
+    only(&m, &Op::NullArg { target: V, req: ioctl::VHOST_SET_VRING_BUSYLOOP_TIMEOUT }, Err(Errno::EPERM));
+    feed(&mut m, &[(Op::SetOwner(V), Ok(()))]);
+    only(&m, &set(0, 50), Ok(()));
+    only(&m, &set(1, u32::MAX), Ok(()));
+    only(&m, &get(1), Ok(()));
+    only(&m, &set(2, 50), Err(Errno::ENOBUFS));
+    only(&m, &get(u32::MAX), Err(Errno::ENOBUFS));
+    only(&m, &Op::NullArg { target: V, req: ioctl::VHOST_SET_VRING_BUSYLOOP_TIMEOUT }, Err(Errno::EFAULT));
+    let m = attached(V, K);
+    for op in [set(0, 50), set(2, 0), get(0)] {
+        only(&m, &op, Err(Errno::EPERM));
+    }
+}
+
+#[test]
+fn eventfd_writes_count_until_the_limit() {
+    let e = E[0];
+    let w = |v| Op::WriteEventfd(e, v);
+    let mut m = Model::default();
+    // Not given to the kernel: the counter is exact.
+    only(&m, &Op::ReadEventfd(e), Err(Errno::EAGAIN));
+    only(&m, &w(u64::MAX), Err(Errno::EINVAL));
+    only(&m, &w(0), Ok(()));
+    feed(&mut m, &[(w(u64::MAX - 2), Ok(()))]);
+    only(&m, &w(1), Ok(()));
+    only(&m, &w(2), Err(Errno::EAGAIN));
+    feed(&mut m, &[(w(1), Ok(())), (w(1), Err(Errno::EAGAIN))]);
+    only(&m, &w(0), Ok(()));
+    only(&m, &Op::ReadEventfd(e), Ok(()));
+    feed(&mut m, &[(Op::ReadEventfd(e), Ok(()))]);
+    only(&m, &Op::ReadEventfd(e), Err(Errno::EAGAIN));
+    only(&m, &w(u64::MAX - 1), Ok(()));
+    // Given to the kernel (a kick): it may signal and read the counter too.
+    feed(&mut m, &[(Op::SetOwner(V), Ok(())), (kick(V, false, 0, e), Ok(()))]);
+    only(&m, &w(5), Ok(()));
+    only(&m, &w(u64::MAX), Err(Errno::EINVAL));
+    assert_eq!(m.expect(&Op::ReadEventfd(e)).judge(Ok(())), None);
+    assert_eq!(m.expect(&Op::ReadEventfd(e)).judge(Err(Errno::EAGAIN)), None);
+    feed(&mut m, &[(w(u64::MAX - 1 - (1 << 20)), Ok(()))]);
+    assert_eq!(m.expect(&w(1 << 21)).judge(Err(Errno::EAGAIN)), None);
+    assert_eq!(m.expect(&w(1 << 21)).judge(Ok(())), None);
+    assert!(m.expect(&w(1 << 21)).judge(Err(Errno::EINVAL)).unwrap().contains("must succeed or fail with EAGAIN"));
+}
+
+#[test]
+fn concurrent_rounds_need_an_order_that_explains_them() {
+    let start = vec![Model::default()];
+    let owner = Op::SetOwner(V);
+    // Two SET_OWNERs at once: one wins, whichever thread.
+    assert!(linearize(&start, &[(owner.clone(), Ok(())), (owner.clone(), Err(Errno::EBUSY))]).is_ok());
+    assert!(linearize(&start, &[(owner.clone(), Err(Errno::EBUSY)), (owner.clone(), Ok(()))]).is_ok());
+    let why = linearize(&start, &[(owner.clone(), Ok(())), (owner.clone(), Ok(()))]).unwrap_err();
+    assert!(why.contains("no order of these 2 concurrent calls") && why.contains("must fail with EBUSY"), "{why}");
+    // A queue ioctl racing SET_OWNER: before it (EPERM) or after it (ok).
+    let k0 = kick(V, false, 0, E[0]);
+    for res in [Ok(()), Err(Errno::EPERM)] {
+        let after = linearize(&start, &[(k0.clone(), res), (owner.clone(), Ok(()))]).unwrap();
+        assert_eq!(after.len(), 1);
+    }
+    assert!(linearize(&start, &[(k0.clone(), Err(Errno::ENOBUFS)), (owner.clone(), Ok(()))]).is_err());
+    // Two SET_FEATURES that both succeed leave two possible states (with
+    // and without the IOTLB); the next round may be explained by either.
+    let mut m = Model::default();
+    feed(&mut m, &wiring(V, K));
+    let rfc = crate::sys::vhost::RFC_FEATURES;
+    let plain = ioctl::VIRTIO_F_VERSION_1;
+    let two = linearize(&[m.clone()], &[(Op::SetFeatures(V, rfc), Ok(())), (Op::SetFeatures(V, plain), Ok(()))]);
+    let two = two.unwrap();
+    assert_eq!(two.len(), 2);
+    let attach = Op::Attach { target: K, fd: V };
+    assert!(linearize(&two, &[(attach.clone(), Ok(()))]).is_ok());
+    assert!(linearize(&two, &[(attach.clone(), Err(Errno::EINVAL))]).is_ok());
+    assert!(linearize(&two, &[(attach.clone(), Err(Errno::EBUSY))]).is_err());
+    // Issue 12's race: a SET_FEATURES that drops the IOTLB and an attach
+    // that both succeed. Before the attach, the attach has no IOTLB
+    // (EINVAL); after it, SET_FEATURES is EPERM: no order explains it.
+    let race = [(Op::SetFeatures(V, plain), Ok(())), (attach.clone(), Ok(()))];
+    let why = linearize(&[m.clone()], &race).unwrap_err();
+    assert!(why.contains("VHOST_SET_FEATURES 0x100000000 -> ok: first: right"), "{why}");
+    assert!(why.contains("last: succeeded, but must fail with EPERM"), "{why}");
+    assert!(why.contains("last: succeeded, but must fail with EINVAL (vktest#2: kick 11 call 11; vhost-net-kernel#1: owned, no IOTLB)"), "{why}");
+    // Either loses the race: fine.
+    assert!(
+        linearize(&[m.clone()], &[(Op::SetFeatures(V, plain), Err(Errno::EPERM)), (attach.clone(), Ok(()))]).is_ok()
+    );
+    assert!(
+        linearize(&[m.clone()], &[(Op::SetFeatures(V, plain), Ok(())), (attach.clone(), Err(Errno::EINVAL))]).is_ok()
+    );
+    // Busy-poll timeout racing the attach: before it ok, after it EPERM.
+    let busy = Op::SetBusyloop { target: V, index: 1, timeout: 100 };
+    assert!(linearize(&[m.clone()], &[(busy.clone(), Ok(())), (attach.clone(), Ok(()))]).is_ok());
+    assert!(linearize(&[m.clone()], &[(busy.clone(), Err(Errno::EPERM)), (attach.clone(), Ok(()))]).is_ok());
+    assert!(
+        linearize(&[m.clone()], &[(busy.clone(), Err(Errno::EPERM)), (attach.clone(), Err(Errno::EINVAL))]).is_err()
+    );
+    // Concurrent eventfd writes near the limit: one of them fits, not both.
+    let w = |v| Op::WriteEventfd(E[3], v);
+    let near = linearize(&start, &[(w(u64::MAX - 10), Ok(()))]).unwrap();
+    assert!(linearize(&near, &[(w(5), Ok(())), (w(5), Err(Errno::EAGAIN))]).is_ok());
+    assert!(linearize(&near, &[(w(5), Ok(())), (w(5), Ok(()))]).is_err());
 }

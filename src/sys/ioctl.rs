@@ -101,6 +101,9 @@ pub const VHOST_SET_VRING_BASE: u32 = iow::<VhostVringState>(VHOST_VIRTIO, 0x12)
 pub const VHOST_SET_VRING_ENDIAN: u32 = iow::<VhostVringState>(VHOST_VIRTIO, 0x13);
 pub const VHOST_SET_VRING_KICK: u32 = iow::<VhostVringFile>(VHOST_VIRTIO, 0x20);
 pub const VHOST_SET_VRING_CALL: u32 = iow::<VhostVringFile>(VHOST_VIRTIO, 0x21);
+pub const VHOST_SET_VRING_BUSYLOOP_TIMEOUT: u32 = iow::<VhostVringState>(VHOST_VIRTIO, 0x23);
+/// `_IOW` in linux/vhost.h although the kernel writes the state back.
+pub const VHOST_GET_VRING_BUSYLOOP_TIMEOUT: u32 = iow::<VhostVringState>(VHOST_VIRTIO, 0x24);
 pub const VHOST_NET_SET_BACKEND: u32 = iow::<VhostVringFile>(VHOST_VIRTIO, 0x30);
 
 /// vktest ioctl type and its one private ioctl (the RFC's vktest uapi).
@@ -222,6 +225,8 @@ pub fn name(req: u32) -> &'static str {
         VHOST_SET_VRING_ENDIAN => "VHOST_SET_VRING_ENDIAN",
         VHOST_SET_VRING_KICK => "VHOST_SET_VRING_KICK",
         VHOST_SET_VRING_CALL => "VHOST_SET_VRING_CALL",
+        VHOST_SET_VRING_BUSYLOOP_TIMEOUT => "VHOST_SET_VRING_BUSYLOOP_TIMEOUT",
+        VHOST_GET_VRING_BUSYLOOP_TIMEOUT => "VHOST_GET_VRING_BUSYLOOP_TIMEOUT",
         VHOST_NET_SET_BACKEND => "VHOST_NET_SET_BACKEND",
         VKTEST_ATTACH_VHOST => "VKTEST_ATTACH_VHOST",
         VKTEST_SET_FEATURES => "VKTEST_SET_FEATURES",
@@ -269,6 +274,8 @@ mod tests {
         assert_eq!(TUNSETIFF, 0x4004_54CA);
         assert_eq!(TUNSETOFFLOAD, 0x4004_54D0);
         assert_eq!(TUNSETVNETHDRSZ, 0x4004_54D8);
+        assert_eq!(VHOST_SET_VRING_BUSYLOOP_TIMEOUT, 0x4008_AF23);
+        assert_eq!(VHOST_GET_VRING_BUSYLOOP_TIMEOUT, 0x4008_AF24);
     }
 
     #[test]
