@@ -17,8 +17,10 @@
 //!
 //! The state of a vhost fd (V): owned (SET_OWNER succeeded), IOTLB (the last
 //! successful SET_FEATURES had ACCESS_PLATFORM), attached (taken over by a
-//! vktest: for good, also after that vktest or V's own fd is closed). Of a
-//! vktest fd (K): kick and call set per queue (eventfd, not -1), attached
+//! vktest: for good, also after that vktest or V's own fd is closed), its
+//! features and a TAP backend per queue. Of a vktest fd (K): its features
+//! (VKTEST_SET_FEATURES; the RFC's set by default), kick and call set per
+//! queue (eventfd, not -1), attached
 //! (to the fd it was given; until K is closed, also once that fd is closed).
 //! The result of each call, the conditions in the order the kernel checks
 //! them (kernel-patches/0002-0004 and the 6.12 code they call), first match:
@@ -28,8 +30,8 @@
 //! | refused on V (VRING_NUM/ADDR/BASE/ENDIAN, MEM_TABLE, LOG_BASE/FD) | EPERM |
 //! | any other ioctl on V | V attached -> EPERM, then as below |
 //! | VHOST_SET_OWNER | owned -> EBUSY; ok |
-//! | VHOST_GET_FEATURES | ok (no owner needed; the offered set is not read: v1 offers VHOST_F_LOG_ALL, v2 not, both pass) |
-//! | VHOST_SET_FEATURES | LOG_ALL or bits outside VHOST_NET_FEATURES -> EOPNOTSUPP; ok |
+//! | VHOST_GET_FEATURES | ok (no owner needed; the offered set is checked by the point get_features_no_log_all) |
+//! | VHOST_SET_FEATURES | bits outside VHOST_NET_FEATURES less LOG_ALL and RING_RESET -> EOPNOTSUPP; ok |
 //! | VHOST_SET_VRING_KICK/CALL on V | not owned -> EPERM; index >= 2 -> ENOBUFS; closed fd -> EBADF; not an eventfd (nor -1) -> EINVAL; ok |
 //! | VHOST_NET_SET_BACKEND | not owned -> EPERM; index >= 2 -> ENOBUFS; not a TAP (nor -1) -> ENOTSOCK; ok |
 //! | VHOST_SET/GET_VRING_BUSYLOOP_TIMEOUT | not owned -> EPERM; index >= 2 -> ENOBUFS; ok (any timeout) |
@@ -37,7 +39,7 @@
 //! | vktest ioctl on V | not owned -> EPERM; ATTACH (arg 700) -> EFAULT; ENOTTY |
 //! | VHOST_SET_VRING_KICK/CALL on K | index >= 2 -> EINVAL; closed fd -> EBADF; not an eventfd (nor -1) -> EINVAL; K attached -> EBUSY; ok |
 //! | VKTEST_SET_FEATURES | invalid set -> EINVAL; K attached -> EBUSY; ok |
-//! | VKTEST_ATTACH_VHOST fd | K attached -> EBUSY; a kick or call missing -> EINVAL; closed fd or -1 -> EBADF; not a -kernel vhost -> EINVAL; V not owned -> EPERM; V attached -> EBUSY; no IOTLB -> EINVAL; ok |
+//! | VKTEST_ATTACH_VHOST fd | K attached -> EBUSY; a kick or call missing -> EINVAL; closed fd or -1 -> EBADF; not a -kernel vhost -> EINVAL; V not owned -> EPERM; V attached -> EBUSY; no IOTLB -> EINVAL; a queue without backend -> ENOTCONN; K's VERSION_1/MRG_RXBUF/EVENT_IDX differ from V's features, or K offers INDIRECT_DESC V lacks -> EINVAL; ok |
 //! | NULL argument on K | EFAULT |
 //! | vhost ioctl on K, eventfd, /dev/null | ENOTTY |
 //! | ioctl of either node on a TAP | EINVAL |

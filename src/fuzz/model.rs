@@ -50,12 +50,26 @@ pub const VHOST_NET_FEATURES: u64 = 1 << 24 // NOTIFY_ON_EMPTY
     | ioctl::VIRTIO_F_ACCESS_PLATFORM
     | 1 << 40; // RING_RESET
 pub(super) const VHOST_F_LOG_ALL: u64 = 1 << 26;
+const VIRTIO_F_RING_RESET: u64 = 1 << 40;
+/// What /dev/vhost-net-kernel offers and accepts: no dirty logging (kernel
+/// memory is not migrated), no ring reset (only the kernel driver could).
+pub(super) const VHOST_NET_KERNEL_FEATURES: u64 = VHOST_NET_FEATURES & !(VHOST_F_LOG_ALL | VIRTIO_F_RING_RESET);
+
+/// Features on which vktest and the vhost device must agree for the attach
+/// (vktest_features_agree): the header layout and the notifications.
+const SHARED_FEATURES: u64 = ioctl::VIRTIO_F_VERSION_1 | ioctl::VIRTIO_NET_F_MRG_RXBUF | ioctl::VIRTIO_RING_F_EVENT_IDX;
+
+/// vktest_features_agree: `offered` by vktest, `acked` by vhost.
+pub(super) fn features_agree(offered: u64, acked: u64) -> bool {
+    (offered ^ acked) & SHARED_FEATURES == 0 && offered & !acked & ioctl::VIRTIO_RING_F_INDIRECT_DESC == 0
+}
 
 /// What the model knows of one /dev/vhost-net-kernel device.
 ///
-/// Its kick, call and backend per queue are not kept: no answer depends on
-/// them (vhost_dev_get() does not look at them, SET_BACKEND replaces a
-/// recorded socket, SET_VRING_KICK/CALL replace an eventfd).
+/// Its kick and call per queue are not kept: no answer depends on them
+/// (vhost_dev_get() does not look at them, SET_VRING_KICK/CALL replace an
+/// eventfd). The backends and features are: the take-over needs both
+/// backends (ENOTCONN) and features that agree with vktest's (EINVAL).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub(super) struct VhostState {
     /// VHOST_SET_OWNER succeeded (one process here: we are the owner).
@@ -63,6 +77,10 @@ pub(super) struct VhostState {
     /// The last successful VHOST_SET_FEATURES had ACCESS_PLATFORM: the device
     /// has its IOTLB (a later one without it clears the IOTLB again).
     pub(super) iotlb: bool,
+    /// The bits of the last successful VHOST_SET_FEATURES.
+    pub(super) features: u64,
+    /// A TAP is recorded as the backend of queue 0 and 1.
+    pub(super) backend: [bool; 2],
     /// Taken over by this vktest (kernel_attached): every ioctl is EPERM from
     /// then on, for the life of the device, also once that vktest is closed.
     pub(super) attached_to: Option<u32>,
@@ -71,14 +89,14 @@ pub(super) struct VhostState {
 }
 
 /// What the model knows of one /dev/vktest device.
-///
-/// Its VKTEST_SET_FEATURES bits are not kept: no ioctl's answer depends on
-/// them (only what virtio-net negotiates after the attach).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub(super) struct VktestState {
     /// An eventfd is set as the kick / call of queue 0 and 1.
     pub(super) kick: [bool; 2],
     pub(super) call: [bool; 2],
+    /// The bits of the last successful VKTEST_SET_FEATURES; None: the
+    /// default, the RFC's set.
+    pub(super) offered: Option<u64>,
     /// The fd it attached (vt->vhost): kept until this vktest is closed, also
     /// when the vhost fd is closed (vktest holds the vhost's file).
     pub(super) attached: Option<FdArg>,
@@ -189,12 +207,12 @@ impl Model {
             }
             // No owner check for the features (as on /dev/vhost-net).
             Op::GetFeatures(_) => Success,
-            // LOG_ALL is refused by the -kernel node, other bits outside
-            // VHOST_NET_FEATURES by vhost-net: both EOPNOTSUPP. The IOTLB
+            // Bits outside what the -kernel node offers (LOG_ALL and
+            // RING_RESET are not offered): EOPNOTSUPP. The IOTLB
             // allocation of ACCESS_PLATFORM (EFAULT if it fails) is a small
             // GFP_KERNEL one, which does not fail.
             Op::SetFeatures(_, bits) => {
-                if bits & VHOST_F_LOG_ALL != 0 || bits & !VHOST_NET_FEATURES != 0 {
+                if bits & !VHOST_NET_KERNEL_FEATURES != 0 {
                     Fail(EOPNOTSUPP)
                 } else {
                     Success
@@ -258,7 +276,9 @@ impl Model {
             // vktest_attach_vhost: this vktest attached (EBUSY), every queue
             // has a kick and a call (EINVAL), then vhost_dev_get(): fget
             // (EBADF; -1 too), a -kernel node (EINVAL), the owner check
-            // (EPERM), taken over already (EBUSY), an IOTLB (EINVAL).
+            // (EPERM), taken over already (EBUSY), an IOTLB (EINVAL), a
+            // backend per queue (ENOTCONN); then vktest_features_agree
+            // (EINVAL).
             Op::Attach { target, fd } => {
                 let k = self.vktest(*target);
                 if k.attached.is_some() {
@@ -276,6 +296,10 @@ impl Model {
                         } else if v.attached_to.is_some() {
                             Fail(EBUSY)
                         } else if !v.iotlb {
+                            Fail(EINVAL)
+                        } else if !(v.backend[0] && v.backend[1]) {
+                            Fail(ENOTCONN)
+                        } else if !features_agree(k.offered.unwrap_or(crate::sys::vhost::RFC_FEATURES), v.features) {
                             Fail(EINVAL)
                         } else {
                             Success
@@ -375,8 +399,16 @@ impl Model {
             Op::SetOwner(t) => self.vhost_mut(*t).into_iter().for_each(|v| v.owned = true),
             Op::SetFeatures(t, bits) => {
                 let iotlb = bits & ioctl::VIRTIO_F_ACCESS_PLATFORM != 0;
-                self.vhost_mut(*t).into_iter().for_each(|v| v.iotlb = iotlb);
+                self.vhost_mut(*t).into_iter().for_each(|v| {
+                    v.iotlb = iotlb;
+                    v.features = *bits;
+                });
             }
+            Op::SetBackend { target, index, fd } if *index < 2 => {
+                let tap = obj_kind(*fd) == Some(Kind::Tap);
+                self.vhost_mut(*target).into_iter().for_each(|v| v.backend[*index as usize] = tap);
+            }
+            Op::VktestSetFeatures(t, bits) => self.vktest_mut(*t).into_iter().for_each(|k| k.offered = Some(*bits)),
             Op::VktestVringFd { target, call, index, fd } if *index < 2 => {
                 self.eventfd_mut(*fd).into_iter().for_each(|e| e.shared = true);
                 let set = *fd != FdArg::Unbind;

@@ -258,6 +258,30 @@ fn attach_has_one_answer_in_each_state() {
     feed(&mut m, &[(Op::SetFeatures(W, ioctl::VIRTIO_F_VERSION_1), Ok(()))]);
     only(&m, &attach(K, W), Err(Errno::EINVAL));
     feed(&mut m, &[(Op::SetFeatures(W, crate::sys::vhost::RFC_FEATURES), Ok(()))]);
+    // An IOTLB, but a queue without its backend (v2: ENOTCONN), also one
+    // unbound again.
+    only(&m, &attach(K, W), Err(Errno::ENOTCONN));
+    feed(&mut m, &[(Op::SetBackend { target: W, index: 0, fd: TAP }, Ok(()))]);
+    only(&m, &attach(K, W), Err(Errno::ENOTCONN));
+    feed(&mut m, &[(Op::SetBackend { target: W, index: 1, fd: TAP }, Ok(()))]);
+    only(&m, &attach(K, W), Ok(()));
+    feed(&mut m, &[(Op::SetBackend { target: W, index: 1, fd: FdArg::Unbind }, Ok(()))]);
+    only(&m, &attach(K, W), Err(Errno::ENOTCONN));
+    feed(&mut m, &[(Op::SetBackend { target: W, index: 1, fd: TAP }, Ok(()))]);
+    // Ring features vktest and vhost disagree on (v2: EINVAL); INDIRECT_DESC
+    // may be vhost's alone.
+    let rfc = crate::sys::vhost::RFC_FEATURES;
+    for (offered, acked, ok) in [
+        (rfc | ioctl::VIRTIO_NET_F_MRG_RXBUF, rfc, false),
+        (rfc, rfc | ioctl::VIRTIO_RING_F_EVENT_IDX, false),
+        (rfc | ioctl::VIRTIO_RING_F_INDIRECT_DESC, rfc, false),
+        (rfc, rfc | ioctl::VIRTIO_RING_F_INDIRECT_DESC, true),
+        (rfc | ioctl::VIRTIO_NET_F_MRG_RXBUF, rfc | ioctl::VIRTIO_NET_F_MRG_RXBUF, true),
+    ] {
+        let mut f = m.clone();
+        feed(&mut f, &[(Op::VktestSetFeatures(K, offered), Ok(())), (Op::SetFeatures(W, acked), Ok(()))]);
+        only(&f, &attach(K, W), if ok { Ok(()) } else { Err(Errno::EINVAL) });
+    }
     only(&m, &attach(K, W), Ok(()));
     feed(&mut m, &[(Op::SetFeatures(W, ioctl::VIRTIO_F_VERSION_1), Ok(()))]);
     only(&m, &attach(K, W), Err(Errno::EINVAL));
