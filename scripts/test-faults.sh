@@ -27,6 +27,10 @@
 #   attach-no-device
 #                   normal  attach_once     not ok attach_once (the attach
 #                   returns 0 without registering the vDPA device)
+#   refused-attach-takes-vhost
+#                   normal  attach_retry_after_failure: not ok (an attach
+#                   refused for want of an IOTLB leaves the vhost device
+#                   taken over: fixing its features is EPERM)
 #   uaf-release     debug   attach_once     not ok attach_once + KASAN
 #   missing-unlock  debug   attach_without_kick_call_einval: failed or timed
 #                   out + lockdep ("lock held when returning to user space"
@@ -53,6 +57,7 @@ VARIANTS=(
 	"flip-byte|normal|300|--test teardown_exit --count 3|teardown_exit||no"
 	"ignore-set-features|normal|300|--features offloads --test teardown_exit --count 3|teardown_exit||no"
 	"attach-no-device|normal|300|--test attach_once|attach_once||no"
+	"refused-attach-takes-vhost|normal|300|--test attach_retry_after_failure|attach_retry_after_failure||no"
 	"uaf-release|debug|900|--test attach_once|attach_once|KASAN|no"
 	"missing-unlock|debug|240|--test attach_without_kick_call_einval|attach_without_kick_call_einval|lock held when returning to user space|possible recursive locking|yes"
 	"leak-eventfd|debug|900|--test attach_once --test teardown_exit --count 3|kmemleak_check|unreferenced object|no"

@@ -263,6 +263,10 @@ pub enum Cmd {
     /// inherited from the parent; prints `ok` or `errno N`.
     #[command(hide = true)]
     AttachFd(AttachFdArgs),
+    /// Internal (open_needs_cap_net_admin*): give up privilege, then open
+    /// each path; prints one `KEY<TAB>ok|errno N` line per step.
+    #[command(hide = true)]
+    OpenProbe(OpenProbeArgs),
     /// Throughput and latency of the vhost path vs a veth pair (table, or --json).
     #[command(long_about = BENCH_ABOUT)]
     Bench(BenchArgs),
@@ -432,6 +436,16 @@ pub struct AttachFdArgs {
     pub vktest_fd: i32,
     #[arg(long)]
     pub vhost_fd: i32,
+}
+
+/// What `open-probe` does.
+#[derive(Args)]
+pub struct OpenProbeArgs {
+    /// root (keep every privilege), no-cap-net-admin, or user-ns.
+    #[arg(long = "as", value_name = "HOW")]
+    pub how: vhost_kernel_test::suite::contract_v2::Unprivileged,
+    /// The paths to open read-only.
+    pub paths: Vec<String>,
 }
 
 /// A positive, finite number of seconds.

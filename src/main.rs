@@ -73,6 +73,7 @@ async fn real_main(cli: Cli) -> Result<i32> {
             println!("{said}");
             Ok(0)
         }
+        Cmd::OpenProbe(_) => unreachable!("open-probe runs before the runtime starts (main)"),
         Cmd::ScanLog(args) => Ok(vhost_kernel_test::sys::kmsg::scan_log(&args.file, &mut std::io::stdout())),
         Cmd::Attach => {
             interruptible(run_tests(&suite::registry::attach_points(), &RunOpts::default(), std::io::stdout())).await
@@ -91,6 +92,12 @@ async fn real_main(cli: Cli) -> Result<i32> {
 
 fn main() -> ExitCode {
     let cli = cli::parse();
+    if let Cmd::OpenProbe(args) = &cli.cmd {
+        // Before any runtime: unshare(CLONE_NEWUSER) needs a single thread.
+        let lines = vhost_kernel_test::suite::contract_v2::open_probe(args.how, &args.paths);
+        lines.iter().for_each(|l| println!("{l}"));
+        return ExitCode::SUCCESS;
+    }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

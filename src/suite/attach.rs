@@ -134,10 +134,15 @@ pub fn vdpa_net_interface(dev: &str) -> Result<(String, String)> {
 /// vDPA device that virtio-net turned into an interface, and closing the
 /// fds must remove both.
 async fn attach_once(limit: Duration) -> Result<()> {
-    // Subscribed before anything exists, so the removal cannot be missed.
+    attach_and_close(Rig::prepare(&ServeOpts::default())?, limit).await
+}
+
+/// Attach `rig`, check that its vDPA device and virtio-net interface
+/// appeared, close it and check that both went.
+pub(crate) async fn attach_and_close(rig: Rig, limit: Duration) -> Result<()> {
+    // Subscribed before the attach, so the removal cannot be missed.
     let mut links = LinkWatcher::new(None)?;
     let before = vdpa_devices()?;
-    let rig = Rig::prepare(&ServeOpts::default())?;
     rig.attach()?;
     // virtio_vdpa and virtio-net probe within VKTEST_ATTACH_VHOST: what it
     // created is in sysfs when it returns.

@@ -2,13 +2,14 @@
 //! scenarios with two-way traffic and floods, with kernel-log health checks.
 //!
 //! Where things are: [`registry`] (the table of test points), [`attach`]
-//! (the ABI checks), [`scenario`] (teardowns under traffic), [`traffic`]
+//! (the ABI checks), [`contract_v2`] (what series v2 adds), [`scenario`] (teardowns under traffic), [`traffic`]
 //! (placing, echoes, floods), [`child`] (the serving process), [`races`]
 //! (the attach/close loop and leftovers), [`kernel_log`] (kernel health per
 //! point), and here the runner that puts them together as KTAP.
 
 pub mod attach;
 pub mod child;
+pub mod contract_v2;
 pub mod kernel_log;
 pub mod races;
 pub mod registry;
@@ -128,6 +129,7 @@ async fn run_one(name: &str, opts: &RunOpts, diag: &mut dyn FnMut(String)) -> Po
             return Ok((Outcome::Pass, Some(ready)));
         }
         Body::Attach(check) => run_check(check, opts.timeout).await?,
+        Body::ContractV2(check) => contract_v2::run_v2_check(check, opts, diag).await?,
         Body::CloseLoop => {
             races::attach_close_loop(opts.cycles, opts.timeout, diag).await?;
             Outcome::Pass

@@ -8,6 +8,7 @@ use anyhow::Result;
 use crate::sys::kmsg::{kmemleak_unavailable, LEAK_CHECK};
 
 use super::attach::Check;
+use super::contract_v2::{Refusal, Unprivileged, V2Check};
 use super::kernel_log::BETWEEN_POINTS;
 use super::scenario::Teardown;
 
@@ -16,6 +17,8 @@ use super::scenario::Teardown;
 pub enum Body {
     /// An ABI check of the two device nodes (suite/attach.rs).
     Attach(Check),
+    /// A check of what series v2 adds to the contract (suite/contract_v2.rs).
+    ContractV2(V2Check),
     /// A teardown scenario under traffic (suite/scenario.rs);
     /// `vhost_hdr`: vhost adds and strips the virtio-net header.
     Scenario { teardown: Teardown, vhost_hdr: bool },
@@ -56,6 +59,10 @@ pub struct TestPoint {
 
 const fn attach(name: &'static str, check: Check, help: &'static str) -> TestPoint {
     TestPoint { name, body: Body::Attach(check), needs: Needs::Devices, help }
+}
+
+const fn v2(name: &'static str, check: V2Check, help: &'static str) -> TestPoint {
+    TestPoint { name, body: Body::ContractV2(check), needs: Needs::Devices, help }
 }
 
 const fn teardown(name: &'static str, teardown: Teardown, needs: Needs, help: &'static str) -> TestPoint {
@@ -176,6 +183,36 @@ pub const POINTS: &[TestPoint] = &[
         needs: Needs::Serve,
         help: "two serves attach at the same moment; each reports its\n own pair (different vDPA devices), and each pair\n carries traffic",
     },
+    v2(
+        "open_needs_cap_net_admin",
+        V2Check::OpenUnprivileged(Unprivileged::NoCapNetAdmin),
+        "(v2) uid 0 without CAP_NET_ADMIN opens both kernel\n nodes: EPERM; /dev/vhost-net still opens",
+    ),
+    v2(
+        "open_needs_cap_net_admin_userns",
+        V2Check::OpenUnprivileged(Unprivileged::UserNs),
+        "(v2) as open_needs_cap_net_admin, by the root of a new\n user namespace",
+    ),
+    v2(
+        "get_features_no_log_all",
+        V2Check::GetFeaturesNoLogAll,
+        "(v2) VHOST_GET_FEATURES offers no LOG_ALL; SET with it:\n EOPNOTSUPP; SET takes what GET offers",
+    ),
+    v2(
+        "attach_ring_features_mismatch_einval",
+        V2Check::RingFeaturesMismatch,
+        "(v2) ring features differing between vhost and vktest:\n EINVAL and nothing left; matching ones attach",
+    ),
+    v2(
+        "attach_retry_after_failure",
+        V2Check::RetryAfter(Refusal::NoAccessPlatform),
+        "an attach refused for want of ACCESS_PLATFORM, the\n features fixed on the same fds: it attaches and\n carries traffic",
+    ),
+    v2(
+        "attach_retry_after_mismatch",
+        V2Check::RetryAfter(Refusal::MrgRxbufMismatch),
+        "(v2) as attach_retry_after_failure, first refused for a\n mrg_rxbuf mismatch",
+    ),
     TestPoint {
         name: LEAK_CHECK,
         body: Body::LeakCheck,
@@ -208,10 +245,11 @@ pub fn attach_points() -> Vec<&'static str> {
 /// Whether any of `tests` uses (or checks) the run's namespaces, whose
 /// stale copies from a killed run are then removed first.
 pub fn uses_namespaces(tests: &[&str]) -> bool {
-    tests
-        .iter()
-        .filter_map(|t| point(t))
-        .any(|p| matches!(p.body, Body::Scenario { .. } | Body::CloseLoop | Body::TwoServes | Body::Cleanup))
+    tests.iter().filter_map(|t| point(t)).any(|p| match p.body {
+        Body::Scenario { .. } | Body::CloseLoop | Body::TwoServes | Body::Cleanup => true,
+        Body::ContractV2(c) => c.uses_namespaces(),
+        _ => false,
+    })
 }
 
 /// The points `run --test NAME...` selects (all of them but the leak check
@@ -268,7 +306,7 @@ mod tests {
     fn needs_follow_what_a_point_does() {
         for p in POINTS {
             let want = match p.body {
-                Body::Attach(_) | Body::CloseLoop => Needs::Devices,
+                Body::Attach(_) | Body::ContractV2(_) | Body::CloseLoop => Needs::Devices,
                 Body::Scenario { vhost_hdr: true, .. } => Needs::RealVirtio,
                 Body::Scenario { teardown, .. } => match teardown {
                     Teardown::Unbind | Teardown::UnbindRebind | Teardown::RebindRepeated => Needs::RealVirtio,

@@ -131,6 +131,9 @@ pub const TUN_F_TSO_ECN: u32 = 0x08;
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 pub const VIRTIO_F_ACCESS_PLATFORM: u64 = 1 << 33;
 pub const VHOST_NET_F_VIRTIO_NET_HDR: u64 = 1 << 27;
+/// Dirty-page logging (`VHOST_F_LOG_ALL`, 26 in linux/vhost_types.h); v2 of
+/// the series no longer offers it on the kernel node.
+pub const VHOST_F_LOG_ALL: u64 = 1 << 26;
 /// Virtqueue feature bits (include/uapi/linux/virtio_ring.h).
 pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
 pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;

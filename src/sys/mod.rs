@@ -10,8 +10,10 @@
 //! - [`netns`]: named network namespaces, as `ip netns` makes them;
 //! - [`virtio`]: virtio and vDPA devices in sysfs (which interface is ours,
 //!   what was negotiated);
-//! - [`kmsg`]: the kernel log (`/dev/kmsg`) and kmemleak.
+//! - [`kmsg`]: the kernel log (`/dev/kmsg`) and kmemleak;
+//! - [`caps`]: giving up CAP_NET_ADMIN (capset, a new user namespace).
 
+pub mod caps;
 pub mod ioctl;
 pub mod kmsg;
 pub mod netns;

@@ -261,6 +261,7 @@ pub fn feature_names(bits: u64) -> Vec<String> {
                 ioctl::VIRTIO_F_VERSION_1 => "version_1".to_string(),
                 ioctl::VIRTIO_F_ACCESS_PLATFORM => "access_platform".to_string(),
                 ioctl::VHOST_NET_F_VIRTIO_NET_HDR => "vhost_net_hdr".to_string(),
+                ioctl::VHOST_F_LOG_ALL => "log_all".to_string(),
                 _ => optional_name(bit).map(str::to_string).unwrap_or_else(|| format!("bit{b}")),
             }
         })
@@ -411,5 +412,6 @@ mod tests {
     fn names_of_bits() {
         assert_eq!(feature_names(RFC_FEATURES), ["version_1", "access_platform"]);
         assert_eq!(feature_names(1 | 1 << 5 | 1 << 27), ["csum", "bit5", "vhost_net_hdr"]);
+        assert_eq!(feature_names(1 << 26 | 1 << 40), ["log_all", "bit40"]);
     }
 }

@@ -61,6 +61,13 @@ impl Vktest {
     }
 }
 
+impl Vktest {
+    /// The fd itself (to close it and see what close() says).
+    pub fn into_owned_fd(self) -> std::os::fd::OwnedFd {
+        self.file.into()
+    }
+}
+
 impl AsFd for Vktest {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.file.as_fd()
