@@ -25,6 +25,8 @@ pub enum Body {
     TwoServes,
     /// Nothing of ours is left: namespaces, interfaces, vDPA devices.
     Cleanup,
+    /// Every allocation of the serve flow failed in turn (suite/fault_inject.rs).
+    FaultSweep,
     /// kmemleak's verdict on the pass (a debug kernel).
     LeakCheck,
     /// What the kernel logged outside the points' windows (the runner's).
@@ -177,6 +179,12 @@ pub const POINTS: &[TestPoint] = &[
         help: "two serves attach at the same moment; each reports its\n own pair (different vDPA devices), and each pair\n carries traffic",
     },
     TestPoint {
+        name: "fault_inject_sweep",
+        body: Body::FaultSweep,
+        needs: Needs::Devices,
+        help: "(a fault-injection kernel) each call of the serve flow with\n its Nth allocation failed, N = 1, 2, ...: ENOMEM or\n coping, nothing left, the next attach works",
+    },
+    TestPoint {
         name: LEAK_CHECK,
         body: Body::LeakCheck,
         needs: Needs::Nothing,
@@ -268,7 +276,7 @@ mod tests {
     fn needs_follow_what_a_point_does() {
         for p in POINTS {
             let want = match p.body {
-                Body::Attach(_) | Body::CloseLoop => Needs::Devices,
+                Body::Attach(_) | Body::CloseLoop | Body::FaultSweep => Needs::Devices,
                 Body::Scenario { vhost_hdr: true, .. } => Needs::RealVirtio,
                 Body::Scenario { teardown, .. } => match teardown {
                     Teardown::Unbind | Teardown::UnbindRebind | Teardown::RebindRepeated => Needs::RealVirtio,
