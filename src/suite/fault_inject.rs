@@ -22,11 +22,12 @@
 //! Every try ends with a full cycle: the attach (a vDPA device with one
 //! interface), the close of /dev/vktest (device and interface gone), the
 //! close of the rest, and nothing left compared with before the point
-//! (interfaces, vDPA devices, fds). The first problem of a call ends that
-//! call's sweep (its later N would mostly repeat it); something left behind
-//! ends the point, later tries could not be judged. What the kernel logs
-//! (KASAN, lockdep, WARN) is judged by the runner's per-point log window,
-//! leaks by the leak check after the point.
+//! (interfaces, vDPA devices, fds). A problem is recorded with its call
+//! and N and the sweep goes on (the first few per call are quoted);
+//! something left behind ends the point, later tries could not be judged.
+//! What the kernel logs (KASAN, lockdep, WARN) during a try is recorded as
+//! that try's problem, and quoted in full by the runner's per-point log
+//! window; leaks are the leak check's after the point.
 
 use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -42,6 +43,7 @@ use crate::net::Rtnl;
 use crate::report::ktap::Outcome;
 use crate::serve::rig::Eventfds;
 use crate::sys::ioctl::{self, IfReq, VhostVringFile, VIRTIO_NET_HDR_MRG_RXBUF_LEN};
+use crate::sys::kmsg::{is_splat, record_text, KMSG_PATH};
 use crate::sys::tap::{TAP_OFFLOADS, TAP_TEMPLATE};
 use crate::sys::vhost::{RFC_FEATURES, RX_QUEUE, TX_QUEUE, VHOST_NET_KERNEL_PATH};
 use crate::sys::virtio::{vdpa_devices, VDPA_DEVICES};
@@ -326,6 +328,45 @@ fn inject(flow: &mut Flow, call: Call, n: u32) -> Result<Injected> {
     Ok(Injected { result, consumed: left == 0 })
 }
 
+/// The kernel log from where the sweep started, read after each try to
+/// name the try during which the kernel reported a problem (the runner's
+/// window quotes the report itself, without knowing the try).
+struct KmsgTail {
+    fd: OwnedFd,
+}
+
+impl KmsgTail {
+    fn open() -> Result<Self> {
+        let fd = nix::fcntl::open(c"/dev/kmsg", OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC, Mode::empty())
+            .with_context(|| format!("open {KMSG_PATH}"))?;
+        nix::unistd::lseek(&fd, 0, nix::unistd::Whence::SeekEnd).with_context(|| format!("seek {KMSG_PATH}"))?;
+        Ok(KmsgTail { fd })
+    }
+
+    /// The report lines logged since the last call.
+    fn reports(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            match nix::unistd::read(&self.fd, &mut buf) {
+                Ok(0) | Err(Errno::EAGAIN) => return out,
+                Ok(n) => {
+                    let text = record_text(&String::from_utf8_lossy(&buf[..n])).to_string();
+                    if is_splat(&text) {
+                        out.push(text);
+                    }
+                }
+                // Overwritten before read: the runner's window says so.
+                Err(Errno::EPIPE) | Err(Errno::EINTR) => {}
+                Err(e) => {
+                    out.push(format!("(cannot read {KMSG_PATH}: {e})"));
+                    return out;
+                }
+            }
+        }
+    }
+}
+
 /// How the sweep of one call went.
 #[derive(Debug, Default)]
 pub struct CallSweep {
@@ -333,8 +374,8 @@ pub struct CallSweep {
     pub points: u32,
     /// N tried.
     pub tries: u32,
-    /// The first problem, which ended the sweep of the call.
-    pub problem: Option<String>,
+    /// The problems found, in the order of N.
+    pub problems: Vec<String>,
 }
 
 /// The N after `n` while sweeping (dense, then strided).
@@ -349,6 +390,7 @@ pub fn next_n(n: u32) -> u32 {
 /// The sweep itself, with what it compares against.
 struct Sweep<'a> {
     rtnl: Rtnl,
+    kmsg: Option<KmsgTail>,
     before: Snapshot,
     diag: &'a mut dyn FnMut(String),
 }
@@ -366,8 +408,9 @@ impl Sweep<'_> {
         let mut problem = None;
         for c in ALL {
             if *c != call {
-                // The calls after a problem are still made, so that the
-                // cycle ends as every other; the problem stays the first.
+                // A call made normally that fails ends the try (the
+                // ones after it need it); a problem the checks find does
+                // not, so that the try still ends with the close.
                 if let Err(e) = flow.run(*c) {
                     problem.get_or_insert(format!("{at}: then {e:#}"));
                     break;
@@ -403,11 +446,21 @@ impl Sweep<'_> {
                 Ok(()) => {}
             }
         }
+        // /dev/vktest is closed (its device unregistered) before the rest.
+        let kept: Vec<String> = vdpa_devices()?.difference(&self.before.vdpa).cloned().collect();
+        if !kept.is_empty() && problem.is_none() {
+            problem = Some(format!("{at}: vDPA device(s) {kept:?} still registered after closing {VKTEST_PATH}"));
+        }
         drop(flow);
         let after = Snapshot::take(&self.rtnl).await?;
         let left = self.before.leftovers(&after);
         if !left.is_empty() {
             bail!("{at}: left behind after closing everything: {}", left.join(", "));
+        }
+        let reports = self.kmsg.as_ref().map(KmsgTail::reports).unwrap_or_default();
+        if let Some(first) = reports.first() {
+            let p = format!("{at}: the kernel reported {first:?} (quoted in full after the point)");
+            problem = Some(problem.map_or(p.clone(), |q| format!("{q}; {p}")));
         }
         Ok((consumed, problem))
     }
@@ -466,11 +519,7 @@ impl Sweep<'_> {
             anyhow::ensure!(n < MAX_N, "{call}: still consuming faults at N={n}");
             let (consumed, problem) = self.try_once(call, n).await?;
             s.tries += 1;
-            if let Some(p) = problem {
-                s.problem = Some(p);
-                s.points = s.points.max(n);
-                return Ok(s);
-            }
+            s.problems.extend(problem);
             if !consumed {
                 break n;
             }
@@ -482,10 +531,7 @@ impl Sweep<'_> {
             let mid = s.points + (unreached - s.points) / 2;
             let (consumed, problem) = self.try_once(call, mid).await?;
             s.tries += 1;
-            if let Some(p) = problem {
-                s.problem = Some(p);
-                return Ok(s);
-            }
+            s.problems.extend(problem);
             if consumed {
                 s.points = mid;
             } else {
@@ -496,17 +542,32 @@ impl Sweep<'_> {
     }
 }
 
+/// At most [`QUOTED`] problems of one call, then how many more.
+fn quoted_problems(call: Call, mut problems: Vec<String>) -> Vec<String> {
+    if problems.len() > QUOTED {
+        let more = problems.len() - QUOTED;
+        problems.truncate(QUOTED);
+        problems.push(format!("{call}: {more} more N with a problem"));
+    }
+    problems
+}
+
+/// Problems quoted per call (the others are counted).
+const QUOTED: usize = 5;
+
 /// The `fault_inject_sweep` test point.
 pub async fn fault_inject_sweep(diag: &mut dyn FnMut(String)) -> Result<Outcome> {
     if let Some(why) = unavailable() {
         return Ok(Outcome::Skip(why));
     }
     let rtnl = Rtnl::new(None)?;
-    // The netlink socket is open before the snapshot and for every later one.
+    let kmsg = KmsgTail::open().map_err(|e| diag(format!("tries not matched with kernel reports: {e:#}"))).ok();
+    // The netlink socket and the kmsg fd are open before the snapshot and
+    // for every later one.
     let before = Snapshot::take(&rtnl).await?;
     let mut knobs = Knobs::set()?;
     let started = Instant::now();
-    let mut sweep = Sweep { rtnl, before, diag };
+    let mut sweep = Sweep { rtnl, kmsg, before, diag };
     let mut total = 0;
     let mut tries = 0;
     let mut problems = Vec::new();
@@ -523,7 +584,7 @@ pub async fn fault_inject_sweep(diag: &mut dyn FnMut(String)) -> Result<Outcome>
                     s.tries,
                     began.elapsed().as_secs_f64()
                 ));
-                problems.extend(s.problem);
+                problems.extend(quoted_problems(*call, s.problems));
             }
             Err(e) => {
                 result = Err(e);
@@ -544,7 +605,7 @@ pub async fn fault_inject_sweep(diag: &mut dyn FnMut(String)) -> Result<Outcome>
     if problems.is_empty() {
         return Ok(Outcome::Pass);
     }
-    diag(format!("{} call(s) mishandled an injected allocation failure:", problems.len()));
+    diag("injected allocation failures mishandled:".to_string());
     problems.into_iter().for_each(diag);
     Ok(Outcome::Fail)
 }
