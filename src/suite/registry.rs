@@ -182,7 +182,7 @@ pub const POINTS: &[TestPoint] = &[
         name: "fault_inject_sweep",
         body: Body::FaultSweep,
         needs: Needs::Devices,
-        help: "(a fault-injection kernel) each call of the serve flow with\n its Nth allocation failed, N = 1, 2, ...: ENOMEM or\n coping, nothing left, the next attach works",
+        help: "(a fault-injection kernel) each serve-flow call with its\n Nth allocation failed, N = 1, 2, ...: ENOMEM or\n coping; nothing left; the attach works after it",
     },
     TestPoint {
         name: LEAK_CHECK,
