@@ -201,6 +201,19 @@ impl std::fmt::Display for Call {
 /// The only errno a call may fail with when an allocation in it failed.
 pub const CLEAN_ERRNO: Errno = Errno::ENOMEM;
 
+/// Other errnos that code the series does not change gives for a failed
+/// allocation (6.12): tun's TUNSETIFF passes on what register_netdevice and
+/// its notifiers make of one (EINVAL, ENOBUFS), and vhost-net's
+/// VHOST_SET_FEATURES answers a failed IOTLB allocation with EFAULT
+/// (vhost_net_set_features). The sweep reports them as facts.
+pub fn upstream_errnos(call: Call) -> &'static [Errno] {
+    match call {
+        Call::TunSetIff => &[Errno::EINVAL, Errno::ENOBUFS],
+        Call::SetFeatures => &[Errno::EFAULT],
+        _ => &[],
+    }
+}
+
 /// The flow's fds, and the arguments of its calls prepared in advance: a
 /// call under fault injection must make no other system call between the
 /// write to fail-nth and its own (a heap allocation may, through brk or
@@ -374,8 +387,8 @@ pub struct CallSweep {
     pub points: u32,
     /// N tried.
     pub tries: u32,
-    /// The problems found, in the order of N.
-    pub problems: Vec<String>,
+    /// The problems found: N and what (the same words for the same problem).
+    pub problems: Vec<(u32, String)>,
 }
 
 /// The N after `n` while sweeping (dense, then strided).
@@ -392,6 +405,8 @@ struct Sweep<'a> {
     rtnl: Rtnl,
     kmsg: Option<KmsgTail>,
     before: Snapshot,
+    /// Upstream errnos seen ([`upstream_errnos`]).
+    facts: Vec<(Call, Errno)>,
     diag: &'a mut dyn FnMut(String),
 }
 
@@ -482,7 +497,9 @@ impl Sweep<'_> {
         if !consumed {
             return Ok(Some(format!("{at}: failed with {errno} without reaching its Nth allocation")));
         }
-        if errno != CLEAN_ERRNO {
+        if upstream_errnos(call).contains(&errno) {
+            self.facts.push((call, errno));
+        } else if errno != CLEAN_ERRNO {
             return Ok(Some(format!("{at}: failed with {errno}, expected {CLEAN_ERRNO} for a failed allocation")));
         }
         let vdpa_after = vdpa_devices()?;
@@ -519,7 +536,7 @@ impl Sweep<'_> {
             anyhow::ensure!(n < MAX_N, "{call}: still consuming faults at N={n}");
             let (consumed, problem) = self.try_once(call, n).await?;
             s.tries += 1;
-            s.problems.extend(problem);
+            s.problems.extend(problem.map(|p| (n, without_try(call, n, &p))));
             if !consumed {
                 break n;
             }
@@ -531,7 +548,7 @@ impl Sweep<'_> {
             let mid = s.points + (unreached - s.points) / 2;
             let (consumed, problem) = self.try_once(call, mid).await?;
             s.tries += 1;
-            s.problems.extend(problem);
+            s.problems.extend(problem.map(|p| (mid, without_try(call, mid, &p))));
             if consumed {
                 s.points = mid;
             } else {
@@ -542,18 +559,36 @@ impl Sweep<'_> {
     }
 }
 
-/// At most [`QUOTED`] problems of one call, then how many more.
-fn quoted_problems(call: Call, mut problems: Vec<String>) -> Vec<String> {
-    if problems.len() > QUOTED {
-        let more = problems.len() - QUOTED;
-        problems.truncate(QUOTED);
-        problems.push(format!("{call}: {more} more N with a problem"));
-    }
-    problems
+/// A problem's words without its try (`CALL, N=n`), so that the same
+/// problem at several N reads the same.
+fn without_try(call: Call, n: u32, problem: &str) -> String {
+    problem.strip_prefix(&format!("{call}, N={n}")).unwrap_or(problem).to_string()
 }
 
-/// Problems quoted per call (the others are counted).
-const QUOTED: usize = 5;
+/// One line per distinct problem of a call: the N it happened at (the
+/// first [`QUOTED`] of them, then how many), then what.
+pub fn grouped_problems(call: Call, problems: &[(u32, String)]) -> Vec<String> {
+    let mut groups: Vec<(&str, Vec<u32>)> = Vec::new();
+    for (n, what) in problems {
+        match groups.iter_mut().find(|(w, _)| *w == what.as_str()) {
+            Some((_, ns)) => ns.push(*n),
+            None => groups.push((what, vec![*n])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(what, ns)| {
+            let mut list: Vec<String> = ns.iter().take(QUOTED).map(u32::to_string).collect();
+            if ns.len() > QUOTED {
+                list.push(format!("... ({} N in all)", ns.len()));
+            }
+            format!("{call}, N={}{what}", list.join(","))
+        })
+        .collect()
+}
+
+/// N quoted per problem (the others are counted).
+const QUOTED: usize = 12;
 
 /// The `fault_inject_sweep` test point.
 pub async fn fault_inject_sweep(diag: &mut dyn FnMut(String)) -> Result<Outcome> {
@@ -567,7 +602,7 @@ pub async fn fault_inject_sweep(diag: &mut dyn FnMut(String)) -> Result<Outcome>
     let before = Snapshot::take(&rtnl).await?;
     let mut knobs = Knobs::set()?;
     let started = Instant::now();
-    let mut sweep = Sweep { rtnl, kmsg, before, diag };
+    let mut sweep = Sweep { rtnl, kmsg, before, facts: Vec::new(), diag };
     let mut total = 0;
     let mut tries = 0;
     let mut problems = Vec::new();
@@ -584,7 +619,7 @@ pub async fn fault_inject_sweep(diag: &mut dyn FnMut(String)) -> Result<Outcome>
                     s.tries,
                     began.elapsed().as_secs_f64()
                 ));
-                problems.extend(quoted_problems(*call, s.problems));
+                problems.extend(grouped_problems(*call, &s.problems));
             }
             Err(e) => {
                 result = Err(e);
@@ -596,6 +631,16 @@ pub async fn fault_inject_sweep(diag: &mut dyn FnMut(String)) -> Result<Outcome>
     result?;
     restored?;
     let diag = sweep.diag;
+    for call in ALL {
+        for errno in upstream_errnos(*call) {
+            let times = sweep.facts.iter().filter(|f| f == &&(*call, *errno)).count();
+            if times > 0 {
+                diag(format!(
+                    "{call}: {errno} for a failed allocation {times} time(s) (upstream 6.12 code, not the series)"
+                ));
+            }
+        }
+    }
     diag(format!(
         "{total} injection points in {} calls, {tries} tries in {:.1} s (N = 1..{DENSE}, then every {STRIDE}th, then \
          the gap bisected)",
@@ -622,5 +667,22 @@ mod tests {
         assert_eq!(ALL.first(), Some(&Call::OpenVhost));
         assert_eq!(ALL[ALL.len() - 2..], [Call::Attach, Call::CloseVktest]);
         assert_eq!(Call::VktestCall(1).to_string(), "vktest VHOST_SET_VRING_CALL 1");
+    }
+
+    #[test]
+    fn problems_are_grouped_by_their_words() {
+        let c = Call::Attach;
+        let p = |n: u32, what: &str| (n, without_try(c, n, &format!("{c}, N={n}{what}")));
+        let problems: Vec<_> = (1..=15)
+            .map(|n| p(n, ": failed with ENOMEM; retried: EBUSY"))
+            .chain([p(4, ", retried: no interface")])
+            .collect();
+        let lines = grouped_problems(c, &problems);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(
+            lines[0],
+            "VKTEST_ATTACH_VHOST, N=1,2,3,4,5,6,7,8,9,10,11,12,... (15 N in all): failed with ENOMEM; retried: EBUSY"
+        );
+        assert_eq!(lines[1], "VKTEST_ATTACH_VHOST, N=4, retried: no interface");
     }
 }
