@@ -10,6 +10,7 @@
 pub mod attach;
 pub mod child;
 pub mod contract_v2;
+pub mod fault_inject;
 pub mod kernel_log;
 pub mod races;
 pub mod registry;
@@ -142,6 +143,7 @@ async fn run_one(name: &str, opts: &RunOpts, diag: &mut dyn FnMut(String)) -> Po
             check_no_leftovers(opts, vdpa_at_start()?).await?;
             Outcome::Pass
         }
+        Body::FaultSweep => fault_inject::fault_inject_sweep(diag).await?,
         Body::LeakCheck => leak_check(diag).await?,
         Body::KernelLogBetween => bail!("{name} is the runner's own check, not a point to run"),
     };

@@ -28,6 +28,8 @@ pub enum Body {
     TwoServes,
     /// Nothing of ours is left: namespaces, interfaces, vDPA devices.
     Cleanup,
+    /// Every allocation of the serve flow failed in turn (suite/fault_inject.rs).
+    FaultSweep,
     /// kmemleak's verdict on the pass (a debug kernel).
     LeakCheck,
     /// What the kernel logged outside the points' windows (the runner's).
@@ -214,6 +216,12 @@ pub const POINTS: &[TestPoint] = &[
         "(v2) as attach_retry_after_failure, first refused for a\n mrg_rxbuf mismatch",
     ),
     TestPoint {
+        name: "fault_inject_sweep",
+        body: Body::FaultSweep,
+        needs: Needs::Devices,
+        help: "(a fault-injection kernel) each serve-flow call with its\n Nth allocation failed, N = 1, 2, ...: ENOMEM or\n coping; nothing left; the attach works after it",
+    },
+    TestPoint {
         name: LEAK_CHECK,
         body: Body::LeakCheck,
         needs: Needs::Nothing,
@@ -306,7 +314,7 @@ mod tests {
     fn needs_follow_what_a_point_does() {
         for p in POINTS {
             let want = match p.body {
-                Body::Attach(_) | Body::ContractV2(_) | Body::CloseLoop => Needs::Devices,
+                Body::Attach(_) | Body::ContractV2(_) | Body::CloseLoop | Body::FaultSweep => Needs::Devices,
                 Body::Scenario { vhost_hdr: true, .. } => Needs::RealVirtio,
                 Body::Scenario { teardown, .. } => match teardown {
                     Teardown::Unbind | Teardown::UnbindRebind | Teardown::RebindRepeated => Needs::RealVirtio,
