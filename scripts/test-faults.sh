@@ -31,6 +31,20 @@
 #                   normal  attach_retry_after_failure: not ok (an attach
 #                   refused for want of an IOTLB leaves the vhost device
 #                   taken over: fixing its features is EPERM)
+#   takeover-race   normal  ioctl_race_attach: not ok (hole 2 of issue 12:
+#                   the EPERM-after-take-over check runs apart from the
+#                   ioctl, with a sleep between them; a racing
+#                   SET_FEATURES/RESET_OWNER changes the IOTLB under the
+#                   attached device: traffic dies or the accessors warn)
+#   callback-not-ready
+#                   normal  eventfd_storm: not ok or the guest dies (hole
+#                   3: calls reach virtio_vdpa's callback whatever the
+#                   queue's state, with a sleep while info->vq is unset)
+#   busypoll-stopped-queue
+#                   debug   busyloop_rebind: not ok + KASAN or a page
+#                   fault (hole 1: busy polling touches the stopped queue,
+#                   whose freed rings stopping no longer forgets, with a
+#                   sleep between the two queues' starts)
 #   uaf-release     debug   attach_once     not ok attach_once + KASAN
 #   missing-unlock  debug   attach_without_kick_call_einval: failed or timed
 #                   out + lockdep ("lock held when returning to user space"
@@ -58,6 +72,9 @@ VARIANTS=(
 	"ignore-set-features|normal|300|--features offloads --test teardown_exit --count 3|teardown_exit||no"
 	"attach-no-device|normal|300|--test attach_once|attach_once||no"
 	"refused-attach-takes-vhost|normal|300|--test attach_retry_after_failure|attach_retry_after_failure||no"
+	"takeover-race|normal|900|--test ioctl_race_attach|ioctl_race_attach||yes"
+	"callback-not-ready|normal|600|--test eventfd_storm|eventfd_storm||yes"
+	"busypoll-stopped-queue|debug|1200|--test busyloop_rebind|busyloop_rebind|KASAN|unable to handle page fault|yes"
 	"uaf-release|debug|900|--test attach_once|attach_once|KASAN|no"
 	"missing-unlock|debug|240|--test attach_without_kick_call_einval|attach_without_kick_call_einval|lock held when returning to user space|possible recursive locking|yes"
 	"leak-eventfd|debug|900|--test attach_once --test teardown_exit --count 3|kmemleak_check|unreferenced object|no"
