@@ -7,6 +7,7 @@ use anyhow::Result;
 
 use crate::sys::kmsg::{kmemleak_unavailable, LEAK_CHECK};
 
+use super::adversarial::Adversarial;
 use super::attach::Check;
 use super::kernel_log::BETWEEN_POINTS;
 use super::scenario::Teardown;
@@ -23,6 +24,8 @@ pub enum Body {
     CloseLoop,
     /// Two serving processes attaching at once (suite/races.rs).
     TwoServes,
+    /// An adversarial point: user space racing the kernel (suite/adversarial.rs).
+    Adversarial(Adversarial),
     /// Nothing of ours is left: namespaces, interfaces, vDPA devices.
     Cleanup,
     /// kmemleak's verdict on the pass (a debug kernel).
@@ -177,6 +180,24 @@ pub const POINTS: &[TestPoint] = &[
         help: "two serves attach at the same moment; each reports its\n own pair (different vDPA devices), and each pair\n carries traffic",
     },
     TestPoint {
+        name: "busyloop_rebind",
+        body: Body::Adversarial(Adversarial::BusyloopRebind),
+        needs: Needs::RealVirtio,
+        help: "both queues busy-poll 200 us; 10 unbind/bind rounds (with a\n flood into the TAP, or the TAP idle), traffic after each",
+    },
+    TestPoint {
+        name: "eventfd_storm",
+        body: Body::Adversarial(Adversarial::EventfdStorm),
+        needs: Needs::RealVirtio,
+        help: "threads write the 4 kick/call eventfds nonstop through attach,\n traffic, unbind, bind and the close of /dev/vktest",
+    },
+    TestPoint {
+        name: "ioctl_race_attach",
+        body: Body::Adversarial(Adversarial::IoctlRaceAttach),
+        needs: Needs::Devices,
+        help: "threads hammer the configuring ioctls of both nodes during the\n attach: each result as the contract allows for its time;\n traffic after; again with VHOST_RESET_OWNER",
+    },
+    TestPoint {
         name: LEAK_CHECK,
         body: Body::LeakCheck,
         needs: Needs::Nothing,
@@ -208,10 +229,12 @@ pub fn attach_points() -> Vec<&'static str> {
 /// Whether any of `tests` uses (or checks) the run's namespaces, whose
 /// stale copies from a killed run are then removed first.
 pub fn uses_namespaces(tests: &[&str]) -> bool {
-    tests
-        .iter()
-        .filter_map(|t| point(t))
-        .any(|p| matches!(p.body, Body::Scenario { .. } | Body::CloseLoop | Body::TwoServes | Body::Cleanup))
+    tests.iter().filter_map(|t| point(t)).any(|p| {
+        matches!(
+            p.body,
+            Body::Scenario { .. } | Body::CloseLoop | Body::TwoServes | Body::Cleanup | Body::Adversarial(_)
+        )
+    })
 }
 
 /// The points `run --test NAME...` selects (all of them but the leak check
@@ -275,6 +298,8 @@ mod tests {
                     _ => Needs::Serve,
                 },
                 Body::TwoServes => Needs::Serve,
+                Body::Adversarial(Adversarial::IoctlRaceAttach) => Needs::Devices,
+                Body::Adversarial(_) => Needs::RealVirtio,
                 Body::Cleanup | Body::LeakCheck | Body::KernelLogBetween => Needs::Nothing,
             };
             assert_eq!(p.needs, want, "{}", p.name);
