@@ -812,3 +812,71 @@ fn rewire(rig: &Rig, set: &FeatureSet) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(op: Op, start: u64, end: u64, res: Res) -> Call {
+        Call { op, thread: 0, start, end, res }
+    }
+
+    const ATTACHED: AttachCall = AttachCall { start: 10, end: 20, res: Ok(()) };
+
+    #[test]
+    fn calls_are_placed_by_their_sequence_numbers() {
+        assert_eq!(ATTACHED.when(&call(Op::SetFeatures, 1, 9, Ok(()))), When::Before);
+        assert_eq!(ATTACHED.when(&call(Op::SetFeatures, 9, 11, Ok(()))), When::Overlap);
+        assert_eq!(ATTACHED.when(&call(Op::SetFeatures, 19, 21, Ok(()))), When::Overlap);
+        assert_eq!(ATTACHED.when(&call(Op::SetFeatures, 21, 22, Ok(()))), When::After);
+    }
+
+    #[test]
+    fn a_call_after_the_attach_must_be_refused() {
+        let after = |op, res| judge(&call(op, 21, 22, res), &ATTACHED, false);
+        assert!(after(Op::SetFeatures, Err(Errno::EPERM)).is_none());
+        assert!(after(Op::VkSetFeatures, Err(Errno::EBUSY)).is_none());
+        let bad = after(Op::SetFeatures, Ok(())).unwrap();
+        assert!(bad.contains("VHOST_SET_FEATURES") && bad.contains("started after") && bad.contains("EPERM"), "{bad}");
+        let bad = after(Op::VkKick(1), Err(Errno::EPERM)).unwrap();
+        assert!(bad.contains("/dev/vktest VHOST_SET_VRING_KICK index 1") && bad.contains("expected EBUSY"), "{bad}");
+        assert!(after(Op::SetOwner, Err(Errno::EBUSY)).is_some(), "SET_OWNER after the attach: EPERM");
+    }
+
+    #[test]
+    fn before_and_overlapping_calls_get_the_pre_attach_contract() {
+        let before = |op, res, resets| judge(&call(op, 1, 2, res), &ATTACHED, resets);
+        assert!(before(Op::SetFeatures, Ok(()), false).is_none());
+        assert!(before(Op::SetFeaturesLogAll, Err(Errno::EOPNOTSUPP), false).is_none());
+        assert!(before(Op::SetFeaturesLogAll, Ok(()), false).is_some());
+        assert!(before(Op::VringNum(0), Err(Errno::EPERM), false).is_none());
+        assert!(before(Op::VringAddr(1), Ok(()), false).is_some());
+        assert!(before(Op::SetOwner, Err(Errno::EBUSY), false).is_none());
+        assert!(before(Op::Kick(0), Err(Errno::EPERM), false).is_some(), "owned: no EPERM");
+        assert!(before(Op::Kick(0), Err(Errno::EPERM), true).is_none(), "a reset may have dropped the owner");
+        assert!(before(Op::SetFeatures, Err(Errno::EPERM), false).is_some(), "no attach yet: no EPERM");
+        let overlap = |op, res| judge(&call(op, 9, 11, res), &ATTACHED, false);
+        assert!(overlap(Op::Backend(1), Ok(())).is_none());
+        assert!(overlap(Op::Backend(1), Err(Errno::EPERM)).is_none());
+        assert!(overlap(Op::Backend(1), Err(Errno::EBUSY)).is_some());
+        assert!(overlap(Op::VkCall(0), Err(Errno::EBUSY)).is_none());
+    }
+
+    #[test]
+    fn a_failed_attach_took_nothing() {
+        let failed = AttachCall { res: Err(Errno::EPERM), ..ATTACHED };
+        assert!(judge(&call(Op::Kick(0), 21, 22, Ok(())), &failed, true).is_none());
+        assert!(judge(&call(Op::VkKick(0), 21, 22, Err(Errno::EBUSY)), &failed, true).is_some());
+    }
+
+    #[test]
+    fn every_thread_makes_calls_on_both_queues_and_resets_only_when_asked() {
+        let ops = thread_ops(false);
+        assert_eq!(ops.len(), 3);
+        assert!(ops.iter().flatten().all(|op| *op != Op::ResetOwner));
+        assert!(thread_ops(true).iter().flatten().any(|op| *op == Op::ResetOwner));
+        for op in [Op::Kick(1), Op::Call(0), Op::Backend(0), Op::Busyloop(1), Op::VkCall(1), Op::VkSetFeatures] {
+            assert!(ops.iter().flatten().any(|o| *o == op), "{op:?}");
+        }
+    }
+}
