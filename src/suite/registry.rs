@@ -183,19 +183,19 @@ pub const POINTS: &[TestPoint] = &[
         name: "busyloop_rebind",
         body: Body::Adversarial(Adversarial::BusyloopRebind),
         needs: Needs::RealVirtio,
-        help: "both queues busy-poll 200 us; 10 unbind/bind rounds (with a\n flood into the TAP, or the TAP idle), traffic after each",
+        help: "both queues busy-poll 200 us; 10 unbind/bind rounds,\n with a flood into the TAP or the TAP idle; traffic\n after each",
     },
     TestPoint {
         name: "eventfd_storm",
         body: Body::Adversarial(Adversarial::EventfdStorm),
         needs: Needs::RealVirtio,
-        help: "threads write the 4 kick/call eventfds nonstop through attach,\n traffic, unbind, bind and the close of /dev/vktest",
+        help: "threads write the 4 kick/call eventfds nonstop through\n attach, traffic, unbind, bind and the close of\n /dev/vktest; the writes counted",
     },
     TestPoint {
         name: "ioctl_race_attach",
         body: Body::Adversarial(Adversarial::IoctlRaceAttach),
         needs: Needs::Devices,
-        help: "threads hammer the configuring ioctls of both nodes during the\n attach: each result as the contract allows for its time;\n traffic after; again with VHOST_RESET_OWNER",
+        help: "threads hammer the configuring ioctls of both nodes\n during the attach; each result as the contract allows\n for its time; traffic after; again with RESET_OWNER",
     },
     TestPoint {
         name: LEAK_CHECK,
