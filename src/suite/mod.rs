@@ -7,6 +7,7 @@
 //! (the attach/close loop and leftovers), [`kernel_log`] (kernel health per
 //! point), and here the runner that puts them together as KTAP.
 
+pub mod adversarial;
 pub mod attach;
 pub mod child;
 pub mod contract_v2;
@@ -139,6 +140,7 @@ async fn run_one(name: &str, opts: &RunOpts, diag: &mut dyn FnMut(String)) -> Po
             races::two_serves_at_once(opts, diag).await?;
             Outcome::Pass
         }
+        Body::Adversarial(kind) => adversarial::run(kind, opts, diag).await?,
         Body::Cleanup => {
             check_no_leftovers(opts, vdpa_at_start()?).await?;
             Outcome::Pass

@@ -7,6 +7,7 @@ use anyhow::Result;
 
 use crate::sys::kmsg::{kmemleak_unavailable, LEAK_CHECK};
 
+use super::adversarial::Adversarial;
 use super::attach::Check;
 use super::contract_v2::{Refusal, Unprivileged, V2Check};
 use super::kernel_log::BETWEEN_POINTS;
@@ -26,6 +27,8 @@ pub enum Body {
     CloseLoop,
     /// Two serving processes attaching at once (suite/races.rs).
     TwoServes,
+    /// An adversarial point: user space racing the kernel (suite/adversarial.rs).
+    Adversarial(Adversarial),
     /// Nothing of ours is left: namespaces, interfaces, vDPA devices.
     Cleanup,
     /// Every allocation of the serve flow failed in turn (suite/fault_inject.rs).
@@ -222,6 +225,24 @@ pub const POINTS: &[TestPoint] = &[
         help: "(a fault-injection kernel) each serve-flow call with its\n Nth allocation failed, N = 1, 2, ...: ENOMEM or\n coping; nothing left; the attach works after it",
     },
     TestPoint {
+        name: "busyloop_rebind",
+        body: Body::Adversarial(Adversarial::BusyloopRebind),
+        needs: Needs::RealVirtio,
+        help: "both queues busy-poll 200 us; 10 unbind/bind rounds,\n with a flood into the TAP or the TAP idle; traffic\n after each",
+    },
+    TestPoint {
+        name: "eventfd_storm",
+        body: Body::Adversarial(Adversarial::EventfdStorm),
+        needs: Needs::RealVirtio,
+        help: "threads write the 4 kick/call eventfds nonstop through\n attach, traffic, unbind, bind and the close of\n /dev/vktest; the writes counted",
+    },
+    TestPoint {
+        name: "ioctl_race_attach",
+        body: Body::Adversarial(Adversarial::IoctlRaceAttach),
+        needs: Needs::Devices,
+        help: "threads hammer the configuring ioctls of both nodes\n during the attach; each result as the contract allows\n for its time; traffic after; again with RESET_OWNER",
+    },
+    TestPoint {
         name: LEAK_CHECK,
         body: Body::LeakCheck,
         needs: Needs::Nothing,
@@ -254,7 +275,7 @@ pub fn attach_points() -> Vec<&'static str> {
 /// stale copies from a killed run are then removed first.
 pub fn uses_namespaces(tests: &[&str]) -> bool {
     tests.iter().filter_map(|t| point(t)).any(|p| match p.body {
-        Body::Scenario { .. } | Body::CloseLoop | Body::TwoServes | Body::Cleanup => true,
+        Body::Scenario { .. } | Body::CloseLoop | Body::TwoServes | Body::Cleanup | Body::Adversarial(_) => true,
         Body::ContractV2(c) => c.uses_namespaces(),
         _ => false,
     })
@@ -321,6 +342,8 @@ mod tests {
                     _ => Needs::Serve,
                 },
                 Body::TwoServes => Needs::Serve,
+                Body::Adversarial(Adversarial::IoctlRaceAttach) => Needs::Devices,
+                Body::Adversarial(_) => Needs::RealVirtio,
                 Body::Cleanup | Body::LeakCheck | Body::KernelLogBetween => Needs::Nothing,
             };
             assert_eq!(p.needs, want, "{}", p.name);

@@ -92,6 +92,7 @@ pub const VHOST_VIRTIO: u32 = 0xAF;
 pub const VHOST_GET_FEATURES: u32 = ior::<u64>(VHOST_VIRTIO, 0x00);
 pub const VHOST_SET_FEATURES: u32 = iow::<u64>(VHOST_VIRTIO, 0x00);
 pub const VHOST_SET_OWNER: u32 = io(VHOST_VIRTIO, 0x01);
+pub const VHOST_RESET_OWNER: u32 = io(VHOST_VIRTIO, 0x02);
 pub const VHOST_SET_MEM_TABLE: u32 = iow::<VhostMemory>(VHOST_VIRTIO, 0x03);
 pub const VHOST_SET_LOG_BASE: u32 = iow::<u64>(VHOST_VIRTIO, 0x04);
 pub const VHOST_SET_LOG_FD: u32 = iow::<libc::c_int>(VHOST_VIRTIO, 0x07);
@@ -101,6 +102,7 @@ pub const VHOST_SET_VRING_BASE: u32 = iow::<VhostVringState>(VHOST_VIRTIO, 0x12)
 pub const VHOST_SET_VRING_ENDIAN: u32 = iow::<VhostVringState>(VHOST_VIRTIO, 0x13);
 pub const VHOST_SET_VRING_KICK: u32 = iow::<VhostVringFile>(VHOST_VIRTIO, 0x20);
 pub const VHOST_SET_VRING_CALL: u32 = iow::<VhostVringFile>(VHOST_VIRTIO, 0x21);
+/// Busy-poll time of a queue in microseconds (`num`; 0: no busy polling).
 pub const VHOST_SET_VRING_BUSYLOOP_TIMEOUT: u32 = iow::<VhostVringState>(VHOST_VIRTIO, 0x23);
 /// `_IOW` in linux/vhost.h although the kernel writes the state back.
 pub const VHOST_GET_VRING_BUSYLOOP_TIMEOUT: u32 = iow::<VhostVringState>(VHOST_VIRTIO, 0x24);
@@ -132,7 +134,7 @@ pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 pub const VIRTIO_F_ACCESS_PLATFORM: u64 = 1 << 33;
 pub const VHOST_NET_F_VIRTIO_NET_HDR: u64 = 1 << 27;
 /// Dirty-page logging (`VHOST_F_LOG_ALL`, 26 in linux/vhost_types.h); v2 of
-/// the series no longer offers it on the kernel node.
+/// the series neither offers nor accepts it on the kernel node.
 pub const VHOST_F_LOG_ALL: u64 = 1 << 26;
 /// Virtqueue feature bits (include/uapi/linux/virtio_ring.h).
 pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
@@ -219,6 +221,7 @@ pub fn name(req: u32) -> &'static str {
         VHOST_GET_FEATURES => "VHOST_GET_FEATURES",
         VHOST_SET_FEATURES => "VHOST_SET_FEATURES",
         VHOST_SET_OWNER => "VHOST_SET_OWNER",
+        VHOST_RESET_OWNER => "VHOST_RESET_OWNER",
         VHOST_SET_MEM_TABLE => "VHOST_SET_MEM_TABLE",
         VHOST_SET_LOG_BASE => "VHOST_SET_LOG_BASE",
         VHOST_SET_LOG_FD => "VHOST_SET_LOG_FD",
@@ -258,6 +261,7 @@ mod tests {
         assert_eq!(VHOST_GET_FEATURES, 0x8008_AF00);
         assert_eq!(VHOST_SET_FEATURES, 0x4008_AF00);
         assert_eq!(VHOST_SET_OWNER, 0xAF01);
+        assert_eq!(VHOST_RESET_OWNER, 0xAF02);
         assert_eq!(VHOST_SET_MEM_TABLE, 0x4008_AF03);
         assert_eq!(VHOST_SET_LOG_BASE, 0x4008_AF04);
         assert_eq!(VHOST_SET_LOG_FD, 0x4004_AF07);
@@ -267,6 +271,7 @@ mod tests {
         assert_eq!(VHOST_SET_VRING_ENDIAN, 0x4008_AF13);
         assert_eq!(VHOST_SET_VRING_KICK, 0x4008_AF20);
         assert_eq!(VHOST_SET_VRING_CALL, 0x4008_AF21);
+        assert_eq!(VHOST_SET_VRING_BUSYLOOP_TIMEOUT, 0x4008_AF23);
         assert_eq!(VHOST_NET_SET_BACKEND, 0x4008_AF30);
     }
 

@@ -126,11 +126,18 @@ impl VhostNetKernel {
     }
 
     /// `req` is one of the requests that read a `struct vhost_vring_state`
-    /// (SET_VRING_NUM, SET_VRING_BASE, SET_VRING_ENDIAN).
+    /// (SET_VRING_NUM, SET_VRING_BASE, SET_VRING_ENDIAN,
+    /// SET_VRING_BUSYLOOP_TIMEOUT).
     fn vring_state(&self, req: u32, index: u32, num: u32) -> Result<()> {
-        assert!([ioctl::VHOST_SET_VRING_NUM, ioctl::VHOST_SET_VRING_BASE, ioctl::VHOST_SET_VRING_ENDIAN].contains(&req));
+        assert!([
+            ioctl::VHOST_SET_VRING_NUM,
+            ioctl::VHOST_SET_VRING_BASE,
+            ioctl::VHOST_SET_VRING_ENDIAN,
+            ioctl::VHOST_SET_VRING_BUSYLOOP_TIMEOUT
+        ]
+        .contains(&req));
         let arg = VhostVringState { index, num };
-        // SAFETY: the three requests above read one struct vhost_vring_state.
+        // SAFETY: the four requests above read one struct vhost_vring_state.
         unsafe { ioctl::ioctl_with_ref(self.file.as_fd(), req, &arg) }
             .with_context(|| format!("{} index {index}", self.ctx(req)))
     }
@@ -146,6 +153,19 @@ impl VhostNetKernel {
 
     pub fn set_vring_endian(&self, index: u32, big: bool) -> Result<()> {
         self.vring_state(ioctl::VHOST_SET_VRING_ENDIAN, index, u32::from(big))
+    }
+
+    /// How long (microseconds) the queue's handler busy-polls its ring and
+    /// socket before sleeping (0: never).
+    pub fn set_vring_busyloop_timeout(&self, index: u32, usecs: u32) -> Result<()> {
+        self.vring_state(ioctl::VHOST_SET_VRING_BUSYLOOP_TIMEOUT, index, usecs)
+    }
+
+    /// VHOST_RESET_OWNER: drop the owner and everything it set up.
+    pub fn reset_owner(&self) -> Result<()> {
+        // SAFETY: VHOST_RESET_OWNER takes no argument.
+        unsafe { ioctl::ioctl_none(self.file.as_fd(), ioctl::VHOST_RESET_OWNER) }
+            .with_context(|| self.ctx(ioctl::VHOST_RESET_OWNER))
     }
 
     pub fn set_vring_addr(&self, addr: &VhostVringAddr) -> Result<()> {
