@@ -64,6 +64,7 @@ set -euo pipefail
 
 # name|config|vmtest timeout|harness run args (space separated)|test points
 # of which one must be "not ok"|report regex (ERE, may be empty)|may hang
+# or panic the guest (then a timeout or a panic replaces the "not ok")
 VARIANTS=(
 	"no-used-signal|normal|300|--test teardown_exit --count 3|teardown_exit||no"
 	"drop-tx|normal|300|--test teardown_exit --count 3|teardown_exit||no"
@@ -73,7 +74,7 @@ VARIANTS=(
 	"attach-no-device|normal|300|--test attach_once|attach_once||no"
 	"refused-attach-takes-vhost|normal|300|--test attach_retry_after_failure|attach_retry_after_failure||no"
 	"takeover-race|normal|900|--test ioctl_race_attach|ioctl_race_attach||yes"
-	"callback-not-ready|normal|600|--test eventfd_storm|eventfd_storm||yes"
+	"callback-not-ready|normal|600|--test eventfd_storm|eventfd_storm|Oops|KASAN|BUG:|yes"
 	"busypoll-stopped-queue|debug|1200|--test busyloop_rebind|busyloop_rebind|KASAN|unable to handle page fault|yes"
 	"uaf-release|debug|900|--test attach_once|attach_once|KASAN|no"
 	"missing-unlock|debug|240|--test attach_without_kick_call_einval|attach_without_kick_call_einval|lock held when returning to user space|possible recursive locking|yes"
@@ -191,6 +192,8 @@ judge_variant() {
 		printf '# not ok %s, as expected\n' "$named"
 	elif [ "$rc" -eq 124 ] && [ "$hang" = yes ]; then
 		printf '# the guest hung (timeout), accepted for this variant\n'
+	elif [ "$rc" -eq 255 ] && [ "$hang" = yes ]; then
+		printf '# the guest panicked, accepted for this variant\n'
 	else
 		printf '# none of %s is "not ok"\n' "$points"
 		ok=1
