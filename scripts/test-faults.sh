@@ -75,7 +75,7 @@ VARIANTS=(
 	"refused-attach-takes-vhost|normal|300|--test attach_retry_after_failure|attach_retry_after_failure||no"
 	"takeover-race|normal|900|--test ioctl_race_attach|ioctl_race_attach||yes"
 	"callback-not-ready|normal|600|--test eventfd_storm|eventfd_storm|Oops|KASAN|BUG:|yes"
-	"busypoll-stopped-queue|debug|1200|--test busyloop_rebind|busyloop_rebind|KASAN|unable to handle page fault|yes"
+	"busypoll-stopped-queue|debug|420|--test busyloop_rebind|busyloop_rebind|KASAN|unable to handle page fault|yes"
 	"uaf-release|debug|900|--test attach_once|attach_once|KASAN|no"
 	"missing-unlock|debug|240|--test attach_without_kick_call_einval|attach_without_kick_call_einval|lock held when returning to user space|possible recursive locking|yes"
 	"leak-eventfd|debug|900|--test attach_once --test teardown_exit --count 3|kmemleak_check|unreferenced object|no"
