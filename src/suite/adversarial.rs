@@ -36,10 +36,12 @@ use crate::sys::netns::NetnsGuard;
 use crate::sys::vhost::{FeatureSet, RX_QUEUE, TX_QUEUE};
 use crate::sys::virtio::{is_virtio_net, vdpa_devices, virtio_device_of};
 
+use super::attach::expect_errno;
 use super::races::Snapshot;
 use super::scenario::{feature_set_skip, features_for, unbind_rebind};
 use super::{
-    check_no_damage, check_no_leftovers, judge_flow, setup_pair, verify_two_way, Pair, RunOpts, G2H_ADDR, H2G, H2G_ADDR,
+    check_no_damage, check_no_leftovers, close_and_wait, judge_flow, setup_pair, verify_two_way, Pair, RunOpts,
+    G2H_ADDR, H2G, H2G_ADDR,
 };
 
 /// The adversarial points ([`super::registry::Body::Adversarial`]).
@@ -162,20 +164,6 @@ async fn place_pair(rig: &Rig, g2h: &Link, opts: &RunOpts) -> Result<Pair> {
         .await
 }
 
-/// Run `close` (which closes what holds the interfaces of `gone`, each a
-/// namespace and an ifindex there) and wait until they are gone.
-async fn close_and_wait(gone: &[(Option<&str>, u32)], close: impl FnOnce(), t: Duration, what: &str) -> Result<()> {
-    let mut watchers = Vec::new();
-    for (ns, idx) in gone {
-        watchers.push((LinkWatcher::new(*ns)?, *idx, ns.unwrap_or("(this one)")));
-    }
-    close();
-    for (mut w, idx, ns) in watchers {
-        w.wait_del_link(idx, t, &format!("interface {idx} of namespace {ns} to go away after {what}")).await?;
-    }
-    Ok(())
-}
-
 /// Attach `rig` (watching for its interface), place the pair and check
 /// two-way traffic; returns the pair and the virtio device of its g2h end.
 async fn attach_and_verify(rig: &Rig, opts: &RunOpts, diag: &mut dyn FnMut(String)) -> Result<(Pair, String)> {
@@ -194,17 +182,6 @@ async fn attach_and_verify(rig: &Rig, opts: &RunOpts, diag: &mut dyn FnMut(Strin
         b.summary()
     ));
     Ok((pair, dev))
-}
-
-/// Expect `res` to have failed with `want`.
-fn expect_errno(res: Result<()>, want: Errno, what: &str) -> Result<()> {
-    match res {
-        Ok(()) => bail!("{what} succeeded, expected {want}"),
-        Err(e) => match errno_of(&e) {
-            Some(got) if got == want => Ok(()),
-            _ => Err(e.context(format!("{what}: expected {want}"))),
-        },
-    }
 }
 
 // ---------------------------------------------------------------- busyloop

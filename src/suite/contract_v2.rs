@@ -16,7 +16,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use nix::errno::Errno;
 use nix::sys::socket::{setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType};
 
-use crate::net::{if_index, LinkWatcher, Rtnl};
+use crate::net::{if_index, Rtnl};
 use crate::report::ktap::Outcome;
 use crate::serve::rig::{open_and_wire, Rig};
 use crate::serve::ServeOpts;
@@ -34,7 +34,7 @@ use crate::sys::virtio::{vdpa_devices, VDPA_DEVICES};
 use crate::sys::vktest::VKTEST_PATH;
 
 use super::attach::{attach_and_close, expect_errno, vdpa_net_interface};
-use super::{check_no_damage, setup_pair, verify_two_way, RunOpts};
+use super::{check_no_damage, close_and_wait, setup_pair, verify_two_way, RunOpts};
 
 /// One test point of this file (its name, help line and place in the KTAP
 /// order are in the registry, suite/registry.rs).
@@ -466,12 +466,8 @@ async fn retry_after(refusal: Refusal, opts: &RunOpts, diag: &mut dyn FnMut(Stri
     diag(format!("{h2g} -> {g2h}: {}", up.summary()));
     diag(format!("{g2h} -> {h2g}: {}", down.summary()));
 
-    // Subscribed before the close, so neither removal can be missed.
-    let mut watch_h2g = LinkWatcher::new(Some(&h2g_ns))?;
-    let mut watch_g2h = LinkWatcher::new(Some(&g2h_ns))?;
-    drop(rig);
-    watch_h2g.wait_del_link(pair.h2g_index, t, &format!("{h2g} in {h2g_ns} to go after closing the devices")).await?;
-    watch_g2h.wait_del_link(pair.g2h_index, t, &format!("{g2h} in {g2h_ns} to go after closing the devices")).await?;
+    let gone = [(Some(h2g_ns.as_str()), pair.h2g_index), (Some(g2h_ns.as_str()), pair.g2h_index)];
+    close_and_wait(&gone, || drop(rig), t, "closing the devices").await?;
     for ns in [&h2g_ns, &g2h_ns] {
         check_no_damage(ns)?;
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::net::icmp::{ping, BackgroundPing, Control, PingOpts, PingStats, PingTarget, Replies};
-use crate::net::{Landing, Rtnl};
+use crate::net::{Landing, LinkWatcher, Rtnl};
 
 /// Address of the host end (the TAP, namespace h2g).
 pub const H2G_ADDR: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0);
@@ -78,6 +78,21 @@ pub(crate) async fn ping_async(target: PingTarget, opts: PingOpts) -> Result<Pin
     tokio::task::spawn_blocking(move || ping(&target, &opts, &Control::default()))
         .await
         .map_err(|e| anyhow!("ping task failed: {e}"))?
+}
+
+/// Run `close` (which closes what holds the interfaces of `gone`, each a
+/// namespace and an ifindex there) and wait until they are gone; the
+/// watchers subscribe before the close, so no removal can be missed.
+pub async fn close_and_wait(gone: &[(Option<&str>, u32)], close: impl FnOnce(), t: Duration, what: &str) -> Result<()> {
+    let mut watchers = Vec::new();
+    for (ns, idx) in gone {
+        watchers.push((LinkWatcher::new(*ns)?, *idx, ns.unwrap_or("(this one)")));
+    }
+    close();
+    for (mut w, idx, ns) in watchers {
+        w.wait_del_link(idx, t, &format!("interface {idx} of namespace {ns} to go away after {what}")).await?;
+    }
+    Ok(())
 }
 
 /// `count` adaptive echoes of `size` bytes each way; all must come back intact.
