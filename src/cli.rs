@@ -425,8 +425,14 @@ pub struct PingArgs {
 /// The argument of `scan-log`.
 #[derive(Args)]
 pub struct ScanLogArgs {
-    /// The console log or dmesg output to read.
+    /// The console log or dmesg output to read (`-`: stdin).
     pub file: std::path::PathBuf,
+    /// Read the log as it is written (e.g. from `tail -F`) and stop at the
+    /// first report line: print `LINE-NUMBER:TEXT` of it and exit 1; exit 0
+    /// at the end of the input without a report. scripts/vmtest uses it to
+    /// fail fast.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 /// The fds `attach-fd` inherits.

@@ -74,6 +74,9 @@ async fn real_main(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::OpenProbe(_) => unreachable!("open-probe runs before the runtime starts (main)"),
+        Cmd::ScanLog(args) if args.watch => {
+            Ok(vhost_kernel_test::sys::kmsg::watch_log(&args.file, &mut std::io::stdout()))
+        }
         Cmd::ScanLog(args) => Ok(vhost_kernel_test::sys::kmsg::scan_log(&args.file, &mut std::io::stdout())),
         Cmd::Attach => {
             interruptible(run_tests(&suite::registry::attach_points(), &RunOpts::default(), std::io::stdout())).await

@@ -2,7 +2,7 @@
 //! (WARN, BUG, KASAN, UBSAN, lockdep, RCU, kmemleak, hung task, oops).
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -316,6 +316,44 @@ pub fn scan_log_text(text: &str) -> Vec<String> {
     find_splats(&lines, REPORT_CONTEXT)
 }
 
+/// The first report line of a log read line by line from `input`, as
+/// (1-based line number, message text), None at the end of the input.
+/// Stops reading there, so it can follow a log that is still written.
+pub fn first_report(input: impl BufRead) -> std::io::Result<Option<(usize, String)>> {
+    for (i, line) in input.split(b'\n').enumerate() {
+        let line = line?;
+        let text = String::from_utf8_lossy(&line);
+        let msg = console_text(&text);
+        if is_splat(msg) {
+            return Ok(Some((i + 1, msg.to_string())));
+        }
+    }
+    Ok(None)
+}
+
+/// `scan-log --watch FILE`: print `N:TEXT` of the first report line of
+/// FILE (`-`: stdin) as soon as it is read. Exit status: 0 none until the
+/// end of the input, 1 a report, 2 the input could not be read.
+pub fn watch_log(path: &std::path::Path, out: &mut impl Write) -> i32 {
+    let res = if path.as_os_str() == "-" {
+        first_report(std::io::stdin().lock())
+    } else {
+        File::open(path).and_then(|f| first_report(std::io::BufReader::new(f)))
+    };
+    match res {
+        Ok(None) => 0,
+        Ok(Some((n, text))) => {
+            let _ = writeln!(out, "{n}:{text}");
+            let _ = out.flush();
+            1
+        }
+        Err(e) => {
+            eprintln!("vhost-kernel-test scan-log --watch: read {}: {e}", path.display());
+            2
+        }
+    }
+}
+
 /// `scan-log FILE`: print the kernel reports of a console log or dmesg
 /// (as the KTAP quotes, without `#`) on `out`. Exit status: 0 clean,
 /// 1 a report, 2 the file could not be read.
@@ -560,6 +598,34 @@ virtio_net virtio1: unbound, warning-free teardown";
         log += "[   31.000001] Modules linked in:\r\n";
         let found = scan_log_text(&log);
         assert_eq!(found, ["watchdog: BUG: soft lockup - CPU#1 stuck for 26s! [vhost-312:318]", "Modules linked in:"]);
+    }
+
+    #[test]
+    fn first_report_names_the_line_and_stops_there() {
+        let mut log: String = HEALTHY.lines().map(|l| format!("[    1.000000] {l}\r\n")).collect();
+        let healthy = log.lines().count();
+        assert_eq!(first_report(log.as_bytes()).unwrap(), None, "{log}");
+        log += "[    2.5] BUG: kernel NULL pointer dereference, address: 0000000000000038\r\n";
+        log += "[    2.6] Oops: 0002 [#1] PREEMPT SMP NOPTI\r\n";
+        let found = first_report(log.as_bytes()).unwrap();
+        assert_eq!(
+            found,
+            Some((healthy + 1, "BUG: kernel NULL pointer dereference, address: 0000000000000038".into()))
+        );
+        // It returns without reading on: what follows the report may not
+        // have been written yet.
+        let mut rest = std::io::BufReader::new(log.as_bytes().chain(FailingRead));
+        assert!(first_report(&mut rest).unwrap().is_some());
+        assert!(first_report(std::io::BufReader::new(HEALTHY.as_bytes().chain(FailingRead))).is_err());
+    }
+
+    /// A reader that fails: stands for the part of a log not written yet.
+    struct FailingRead;
+
+    impl Read for FailingRead {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("read past what was written"))
+        }
     }
 
     /// Reads as the reader thread gets them: two records, records lost
