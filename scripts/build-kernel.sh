@@ -23,6 +23,9 @@
 #   work/<source-id>/build-<flavour>/   O= build dir (kept: incremental)
 #   kernels/<key>/bzImage         result for one key = sha256(source id,
 #                                 flavour, patches, fragments)
+#   kernels/<key>/vmlinux         its vmlinux (decoding stack traces)
+#   steps-<flavour>               kbuild steps of the last cold build (the
+#                                 total of the progress line)
 # The bzImage path is the LAST line on stdout; everything else is stderr.
 # --print-source only extracts the tarball source and prints its path.
 set -euo pipefail
@@ -371,19 +374,93 @@ check_config() {
 		"$unmet" >&2
 }
 
-# make bzImage, output in build.log; tail on failure.
+# Kbuild steps a cold build of this flavour takes: what the last cold
+# build in this cache counted, else what one counted when this was written
+# (scripts/lib/vm.config + the fragments, 6.12), so the very first build
+# shows a total too.
+expected_steps() {
+	local memo
+	memo="$(cache_dir)/steps-$(flavour)"
+	if [ -f "$memo" ]; then
+		cat "$memo"
+	elif [ "$OPT_DEBUG" -eq 1 ]; then
+		echo 3600
+	else
+		echo 2300
+	fi
+}
+
+# Show the progress of make from its quiet output on stdin (one "  CC
+# path" line per kbuild step), copying every line to build log $1: on a
+# terminal one line updated in place ("812/2300 steps, 2m14s"), otherwise
+# one line a minute. $2 is the expected total (empty: unknown, as in an
+# incremental build). Writes the count of steps to $3.
+show_progress() {
+	local log="$1" total="$2" countfile="$3" n=0 line shown=-1 tty=0 start="$SECONDS" el
+	[ -t 2 ] && tty=1
+	while IFS= read -r line; do
+		printf '%s\n' "$line" >>"$log"
+		case "$line" in
+		"  "[A-Z]*) n=$((n + 1)) ;;
+		*) continue ;;
+		esac
+		el=$((SECONDS - start))
+		if [ "$tty" -eq 1 ]; then
+			[ "$el" -ne "$shown" ] || continue
+			printf '\r==> %s, %dm%02ds ' "$(progress_count "$n" "$total")" \
+				$((el / 60)) $((el % 60)) >&2
+			shown="$el"
+		elif [ $((el / 60)) -gt "$shown" ]; then
+			shown=$((el / 60))
+			[ "$shown" -gt 0 ] || continue
+			printf '==> kernel build: %s after %dm\n' "$(progress_count "$n" "$total")" "$shown" >&2
+		fi
+	done
+	[ "$tty" -eq 0 ] || printf '\n' >&2
+	printf '%s\n' "$n" >"$countfile"
+}
+
+progress_count() {
+	if [ -n "$2" ] && [ "$1" -le "$2" ]; then
+		printf '%d/%d steps (%d%%)' "$1" "$2" $(($1 * 100 / $2))
+	else
+		printf '%d steps' "$1"
+	fi
+}
+
+# make bzImage (and vmlinux, kept for decoding stack traces), output in
+# build.log with progress on stderr; tail on failure. A build dir without
+# a vmlinux is a cold build: its step count becomes the next total. A
+# changed configuration rebuilds most of the tree: the same total is shown.
 compile() {
-	local src="$1" build="$2" t0
+	local src="$1" build="$2" t0 total="" cold=0 rc=0 steps
 	t0="$(now)"
+	if [ ! -f "$build/vmlinux" ]; then
+		cold=1
+		total="$(expected_steps)"
+	elif ! cmp -s "$build/.config" "$build/.config.built"; then
+		total="$(expected_steps)"
+	fi
 	step "building kernel (make -j$OPT_JOBS bzImage in $build, log: $build/build.log)"
-	if ! make -C "$src" O="$build" "${ARCH_MAKE[@]}" -j"$OPT_JOBS" bzImage \
-		>"$build/build.log" 2>&1; then
+	: >"$build/build.log"
+	set +e
+	make -C "$src" O="$build" "${ARCH_MAKE[@]}" -j"$OPT_JOBS" bzImage 2>&1 |
+		show_progress "$build/build.log" "$total" "$build/steps"
+	rc="${PIPESTATUS[0]}"
+	set -e
+	if [ "$rc" -ne 0 ]; then
 		grep -E 'error:|Error [0-9]|source tree is not clean|mrproper' "$build/build.log" |
 			head -n 40 >&2 || true
 		tail -n 40 "$build/build.log" >&2
 		die "kernel build failed (log: $build/build.log)"
 	fi
-	step "kernel built in $(elapsed_since "$t0")s"
+	steps="$(cat "$build/steps")"
+	cp "$build/.config" "$build/.config.built"
+	if [ "$cold" -eq 1 ]; then
+		mkdir -p "$(cache_dir)"
+		printf '%s\n' "$steps" >"$(cache_dir)/steps-$(flavour)"
+	fi
+	step "kernel built in $(elapsed_since "$t0")s ($steps kbuild steps)"
 }
 
 # Copy the result into kernels/<key>/ and print its path.
@@ -393,6 +470,10 @@ publish() {
 	mkdir -p "$out"
 	cp "$build/arch/x86/boot/bzImage" "$out/bzImage.tmp"
 	cp "$build/.config" "$out/config"
+	# The vmlinux of exactly this bzImage: the build dir is shared by the
+	# fault variants, so only this copy is sure to match it.
+	cp "$build/vmlinux" "$out/vmlinux.tmp"
+	mv "$out/vmlinux.tmp" "$out/vmlinux"
 	mv "$out/bzImage.tmp" "$out/bzImage"
 	printf '%s\n' "$out/bzImage"
 }
