@@ -6,7 +6,11 @@
 #   3. cargo test                 6. scripts/vmtest (the VM suite on the
 #                                    patched kernel, normal config)
 #   7. the suite's KTAP read back by the kernel's parser (kunit.py parse)
-# Extra arguments go to scripts/vmtest (e.g. --debug, --jobs N).
+#   8. scripts/vmtest --debug (one pass on the KASAN/lockdep/kmemleak
+#      kernel, fault_inject_sweep included)
+# Missing Debian packages are installed first (as root; otherwise the
+# apt-get line is printed and the script exits 4, a skip).
+# Extra arguments go to both scripts/vmtest runs (e.g. --jobs N).
 set -euo pipefail
 
 # shellcheck source=scripts/lib/common.sh
@@ -87,6 +91,13 @@ run_vmtest() {
 	return "$rc"
 }
 
+# One pass of the suite on the debug kernel (KASAN, lockdep, kmemleak,
+# fault injection), so that those oracles judge every change, not only the
+# runs someone remembers to make with --debug.
+run_vmtest_debug() {
+	"$VKT_ROOT/scripts/vmtest" --debug "$@"
+}
+
 # The kernel's own KTAP parser (tools/testing/kunit/kunit.py) must read the
 # suite's output without errors and count what the harness counted.
 check_ktap() {
@@ -118,6 +129,8 @@ check_ktap() {
 main() {
 	local t0
 	t0="$(now)"
+	ensure_packages
+	ensure_rust_components
 	KTAP_LOG="$(mktemp)"
 	trap 'rm -f "$KTAP_LOG"' EXIT
 	run_step "cargo fmt --check" cargo_fmt
@@ -127,6 +140,7 @@ main() {
 	run_step "checkpatch" run_checkpatch
 	run_step "vmtest" run_vmtest "$@"
 	run_step "KTAP parses with kunit.py" check_ktap
+	run_step "vmtest --debug" run_vmtest_debug "$@"
 	step "test-all took $(elapsed_since "$t0")s"
 	[ "${#FAILED[@]}" -eq 0 ] || printf 'failed steps: %s\n' "${FAILED[*]}" >&2
 	printf 'test-all: %d passed, %d failed\n' "${#PASSED[@]}" "${#FAILED[@]}"

@@ -9,10 +9,62 @@ export VKT_ROOT
 VKT_TARBALL="${VKT_TARBALL:-/usr/src/linux-source-6.12.tar.xz}"
 
 # Packages the project needs on a Debian 12 machine.
-# shellcheck disable=SC2034 # used by setup.sh
 VKT_APT_PACKAGES=(qemu-system-x86 linux-source-6.12 busybox-static cpio bc
 	bison flex libelf-dev libssl-dev make gcc xz-utils patch python3 perl
 	shellcheck rsync iproute2 iputils-ping sparse)
+
+# Packages of VKT_APT_PACKAGES that are not installed.
+missing_packages() {
+	local pkg
+	for pkg in "${VKT_APT_PACKAGES[@]}"; do
+		if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null |
+			grep -q 'install ok installed'; then
+			printf '%s\n' "$pkg"
+		fi
+	done
+}
+
+# Install the missing packages (as root: apt-get update, then install), so
+# that the README's two commands need nothing run before them. As another
+# user: print the command to run and exit 4, a skip (nothing was tested),
+# with that command as its reason, on stdout as KTAP and on stderr.
+ensure_packages() {
+	local missing line
+	if ! command -v dpkg-query >/dev/null 2>&1; then
+		warn "no dpkg-query (not Debian?): not checking for ${VKT_APT_PACKAGES[*]}"
+		return 0
+	fi
+	mapfile -t missing < <(missing_packages)
+	[ "${#missing[@]}" -gt 0 ] || return 0
+	line="apt-get update && apt-get install -y --no-install-recommends ${missing[*]}"
+	if [ "$(id -u)" -ne 0 ]; then
+		printf '1..0 # SKIP missing Debian packages, run as root: %s\n' "$line"
+		printf 'missing Debian packages: %s\nrun as root:\n  %s\n' "${missing[*]}" "$line" >&2
+		exit 4
+	fi
+	step "installing the missing Debian packages: ${missing[*]}"
+	DEBIAN_FRONTEND=noninteractive apt-get update >&2 || die "apt-get update failed"
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+		"${missing[@]}" >&2 || die "apt-get install ${missing[*]} failed"
+}
+
+# Make sure the Rust toolchain has the target and the components
+# (clippy, rustfmt) that test-all uses.
+ensure_rust_components() {
+	if ! command -v cargo >/dev/null 2>&1; then
+		warn "cargo not found: install a Rust toolchain (rustup) to build the harness"
+		return 0
+	fi
+	if command -v rustup >/dev/null 2>&1; then
+		rustup component list --installed 2>/dev/null | grep -q '^clippy' ||
+			rustup component add clippy rustfmt >&2 ||
+			warn "could not add clippy/rustfmt"
+		rustup target list --installed 2>/dev/null |
+			grep -qx x86_64-unknown-linux-gnu ||
+			rustup target add x86_64-unknown-linux-gnu >&2 ||
+			warn "could not add target x86_64-unknown-linux-gnu"
+	fi
+}
 
 # Harness subcommands that a first harness argument may select, for
 # scripts/vmtest and the guest's /init (mkinitramfs.sh writes the list to
