@@ -52,10 +52,18 @@
 #   leak-eventfd    debug   attach_once, teardown_exit, then kmemleak_check:
 #                   not ok kmemleak_check + kmemleak
 #                   ("unreferenced object")
+#   null-deref-release
+#                   normal  attach_once, then teardown_exit: the second
+#                   attached vktest's release passes fput() NULL: the oops
+#                   panics the guest at once (fail fast), vmtest names
+#                   teardown_exit and decodes the trace to
+#                   vktest_release (drivers/vdpa/vktest/vktest.c:N)
 # A variant is caught when vmtest exits non-zero, a test point it names is
-# "not ok" (a timeout replaces that for variants that may hang the guest),
-# and the kernel report, if any is expected, is in the console log or the
-# KTAP. stdout: KTAP, one test point per variant; exit 0 only when every
+# "not ok" or is the one vmtest names as running when the kernel crashed
+# (fail fast: a panic, or the guest stopped after a report; for variants
+# that may hang the guest a timeout is accepted too), and the kernel
+# report, if any is expected, is in the console log, the KTAP or vmtest's
+# decoded quote. stdout: KTAP, one test point per variant; exit 0 only when every
 # variant was caught. A debug variant takes several minutes under TCG.
 set -euo pipefail
 
@@ -79,6 +87,7 @@ VARIANTS=(
 	"uaf-release|debug|900|--test attach_once|attach_once|KASAN|no"
 	"missing-unlock|debug|240|--test attach_without_kick_call_einval|attach_without_kick_call_einval|lock held when returning to user space|possible recursive locking|yes"
 	"leak-eventfd|debug|900|--test attach_once --test teardown_exit --count 3|kmemleak_check|unreferenced object|no"
+	"null-deref-release|normal|300|--test attach_once --test teardown_exit --count 1|teardown_exit|vktest_release [(]drivers/vdpa/vktest/vktest[.]c:[0-9]+[)]|no"
 )
 
 OPT_NORMAL_ONLY=0
@@ -156,6 +165,7 @@ run_variant_vm() {
 	printf '%s\n' "$rc"
 }
 
+
 # Print the first line of files $2... matching ERE $1 as "# report: ...";
 # fails when none does (missing files count as empty).
 first_match() {
@@ -167,6 +177,18 @@ first_match() {
 			END { exit !found }' "$f" && return 0
 	done
 	return 1
+}
+
+# The one of test points $2 that vmtest named as running when the kernel
+# broke (a panic, or the guest stopped after a report), from $1/vmtest.err.
+crashed_point() {
+	local logs="$1" points="$2" p
+	for p in $points; do
+		if grep -qE "^vmtest: .* during test point $p: " "$logs/vmtest.err" 2>/dev/null; then
+			printf '%s\n' "$p"
+			return 0
+		fi
+	done
 }
 
 # Check the outcome of variant $1 (logs in $2, vmtest status $3); prints
@@ -190,6 +212,12 @@ judge_variant() {
 	done
 	if [ -n "$named" ]; then
 		printf '# not ok %s, as expected\n' "$named"
+	else
+		named="$(crashed_point "$logs" "$points")"
+		[ -z "$named" ] || printf '# vmtest: the kernel broke during %s, as expected\n' "$named"
+	fi
+	if [ -n "$named" ]; then
+		: # caught, by name
 	elif [ "$rc" -eq 124 ] && [ "$hang" = yes ]; then
 		printf '# the guest hung (timeout), accepted for this variant\n'
 	elif [ "$rc" -eq 255 ] && [ "$hang" = yes ]; then
@@ -199,7 +227,7 @@ judge_variant() {
 		ok=1
 	fi
 	if [ -n "$regex" ]; then
-		if ! first_match "$regex" "$logs/console.log" "$logs/vmtest.out"; then
+		if ! first_match "$regex" "$logs/console.log" "$logs/vmtest.out" "$logs/vmtest.err"; then
 			printf '# no kernel report matching /%s/ in the console log or the KTAP\n' "$regex"
 			ok=1
 		fi
