@@ -132,7 +132,14 @@ the soak: the rest is reported as skipped. attach_close_loop's 1000 cycles
 are spread over the passes (ceil(1000/N) per pass, each pass checking that
 nothing is left), so that a soak costs N passes of the scenarios rather than
 N x 1000 cycles (159 ms a cycle on a KASAN kernel under TCG); --cycles sets
-the count per pass.";
+the count per pass.
+
+--fail-fast stops a single pass the same way: the first point during which
+the kernel logged a report fails with it quoted, every point after it is
+`ok N NAME # SKIP not run: stopped after a kernel report`, exit 1. Each point
+writes `vhost-kernel-test: sync start-N:NAME PID` (start-K.N:NAME in pass K of
+--repeat) to the kernel log as it starts, so a console log names the point
+that was running when the kernel died.";
 
 /// `run --help`'s long text.
 fn run_about() -> String {
@@ -309,6 +316,11 @@ pub struct RunArgs {
     /// iteration-K per pass; stops at the first kernel report.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub repeat: Option<u32>,
+    /// Stop at the first test point during which the kernel logged a report
+    /// (WARN, BUG, KASAN, lockdep, leak...): it fails with the report quoted,
+    /// the points after it are skipped. --repeat always stops so.
+    #[arg(long)]
+    pub fail_fast: bool,
     /// Open/wire/attach/close cycles of attach_close_loop, per pass. Default:
     /// 1000; with --repeat N, 1000 spread over the passes (ceil(1000/N) each).
     #[arg(long, value_name = "N")]
@@ -471,6 +483,7 @@ impl RunArgs {
                 .cycles
                 .unwrap_or_else(|| vhost_kernel_test::suite::races::cycles_per_pass(self.repeat.unwrap_or(1))),
             progress: self.progress,
+            fail_fast: self.fail_fast,
             ..Default::default()
         }
     }
@@ -568,6 +581,16 @@ mod tests {
             let args: Vec<&str> = std::iter::once("./vhost_kernel_test").chain(a.iter().copied()).collect();
             assert_eq!(call(&args), None, "{a:?}");
         }
+    }
+
+    #[test]
+    fn fail_fast_reaches_the_run_options() {
+        let opts = |args: &[&str]| match Cli::try_parse_from(args).unwrap().cmd {
+            Cmd::Run(r) => r.opts(),
+            _ => panic!("not run"),
+        };
+        assert!(opts(&["vhost-kernel-test", "run", "--fail-fast"]).fail_fast);
+        assert!(!opts(&["vhost-kernel-test", "run"]).fail_fast);
     }
 
     #[test]
