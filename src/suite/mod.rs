@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::report::ktap::{Ktap, Outcome, EXIT_ALL_SKIPPED};
+use crate::report::results::{KERNEL_REPORT_DURING, KMEMLEAK_HEAD, KMEMLEAK_TAIL};
 use crate::sys::kmsg::{kmemleak_find_leaks, kmemleak_unavailable, KmsgMonitor, KMSG_PATH, LEAK_CHECK};
 use crate::sys::netns::{self};
 use crate::sys::vhost::{node_exists, VHOST_NET_KERNEL_PATH};
@@ -168,7 +169,7 @@ pub async fn leak_check(diag: &mut dyn FnMut(String)) -> Result<Outcome> {
         return Ok(Outcome::Pass);
     }
     let objects = report.iter().filter(|l| l.starts_with("unreferenced object")).count();
-    diag(format!("kmemleak: {objects} unreferenced object(s); its report:"));
+    diag(format!("{KMEMLEAK_HEAD}{objects} unreferenced object(s){KMEMLEAK_TAIL}"));
     report.into_iter().take(60).for_each(diag);
     Ok(Outcome::Fail)
 }
@@ -311,7 +312,7 @@ pub(crate) fn quote_kernel_reports<W: std::io::Write>(
         k.diag(&format!("kernel log check of {name} incomplete: {e}"));
     }
     if !splats.is_empty() {
-        k.diag(&format!("kernel reported a problem during {name}:"));
+        k.diag(&format!("{KERNEL_REPORT_DURING}{name}:"));
         for l in splats {
             k.diag(l);
         }

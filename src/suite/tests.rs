@@ -351,3 +351,25 @@ fn damaged_packets_are_found_in_snmp6() {
     let damaged = healthy.replace("Icmp6InCsumErrors               \t0", "Icmp6InCsumErrors               \t2");
     assert_eq!(damage_in(&damaged), [("Icmp6InCsumErrors".to_string(), 2)]);
 }
+
+/// `report` reads the runner's own output back: the same points, verdicts,
+/// durations and quoted report, iteration by iteration.
+#[tokio::test(flavor = "current_thread")]
+async fn the_report_reads_what_the_runner_wrote() {
+    use crate::report::results::{parse, Verdict};
+    let log = ScriptedLog { after: vec![("start-2.1:attach_once", WARNING)], ..Default::default() };
+    let opts = RunOpts { fake_device: true, ..Default::default() };
+    let mut k = Ktap::new(Vec::new());
+    k.header(3);
+    repeat_points(&mut k, &TWO, &opts, 3, Some(&log)).await;
+    let r = parse("run", &String::from_utf8(k.into_inner()).unwrap()).unwrap();
+    assert!(r.repeat && r.complete(), "{r:?}");
+    let verdicts: Vec<Vec<Verdict>> = r.suites.iter().map(|s| s.points.iter().map(|p| p.verdict).collect()).collect();
+    use Verdict::{Fail, Pass, Skip};
+    assert_eq!(verdicts, [vec![Skip, Skip, Pass], vec![Fail, Skip, Pass], vec![]]);
+    let failed = &r.suites[1].points[0];
+    assert_eq!(failed.kernel_report.as_ref().and_then(|q| q.first()).map(String::as_str), Some(WARNING));
+    assert!(failed.duration_s.is_some(), "{failed:?}");
+    assert_eq!(r.suites[2].verdict, Some(Skip));
+    assert!(r.suites[0].time_s.is_some());
+}
