@@ -17,7 +17,7 @@ VKT_APT_PACKAGES=(qemu-system-x86 linux-source-6.12 busybox-static cpio bc
 # Harness subcommands that a first harness argument may select, for
 # scripts/vmtest and the guest's /init (mkinitramfs.sh writes the list to
 # /etc/vkt-subcommands); any other first argument is an option of "run".
-VKT_SUBCOMMANDS="run attach serve bench ping fuzz scan-log help"
+VKT_SUBCOMMANDS="run attach serve bench ping fuzz scan-log report help"
 
 # True when $1 is one of VKT_SUBCOMMANDS.
 is_harness_subcommand() {
