@@ -155,12 +155,9 @@ fn ktap_results(text: &str) -> Vec<(String, Option<String>, bool)> {
         .collect()
 }
 
-#[test]
-fn a_real_fake_device_run_reads_back_case_for_case() {
-    let input = data("run-fake-device.ktap");
-    let (xml, json) = junit_and_json("fake", &input, &[]);
-    let cases = read_junit(&xml);
-    let want = ktap_results(&std::fs::read_to_string(&input).unwrap());
+/// The JUnit of a one-pass KTAP file has its results, case for case.
+fn same_cases(input: &Path, cases: &[Case]) {
+    let want = ktap_results(&std::fs::read_to_string(input).unwrap());
     assert_eq!(cases.len(), want.len());
     for (c, (name, skip, ok)) in cases.iter().zip(&want) {
         assert_eq!(&c.name, name);
@@ -170,6 +167,51 @@ fn a_real_fake_device_run_reads_back_case_for_case() {
             None => assert_eq!(c.outcome, if *ok { "pass" } else { "failure" }, "{name}"),
         }
     }
+}
+
+/// results.log of a real `scripts/vmtest --log-dir` run on the patched kernel.
+#[test]
+fn a_real_vmtest_log_reads_back_case_for_case() {
+    let input = data("vmtest-results.log");
+    let (xml, json) = junit_and_json("vmtest", &input, &[]);
+    let cases = read_junit(&xml);
+    same_cases(&input, &cases);
+    let loop_ = cases.iter().find(|c| c.name == "attach_close_loop").unwrap();
+    assert!(loop_.time > 1.0, "{loop_:?}");
+    assert_eq!(json["exit_status"], 0);
+    assert_eq!((json["totals"]["planned"].as_u64(), json["complete"].as_bool()), (Some(47), Some(true)));
+}
+
+/// The same log cut where the guest would have died during point 26, as
+/// the host sees it after a panic: the point is a crash, 21 are missing.
+#[test]
+fn a_real_vmtest_log_cut_by_a_panic() {
+    let dir = scratch("vmtest-cut");
+    let full = std::fs::read_to_string(data("vmtest-results.log")).unwrap();
+    let cut: String = full.lines().take_while(|l| !l.starts_with("ok 26 ")).map(|l| format!("{l}\n")).collect();
+    let name = full.lines().find_map(|l| l.strip_prefix("ok 26 ")).unwrap().to_string();
+    let input = dir.join("results.log");
+    std::fs::write(&input, cut).unwrap();
+    let crash = data("crash-teardown_exit.txt");
+    let args = ["--crash", crash.to_str().unwrap(), "--crash-point", &name];
+    let (xml, json) = junit_and_json("vmtest-cut-out", &input, &args);
+    let cases = read_junit(&xml);
+    assert_eq!(cases.len(), 26);
+    let died = cases.last().unwrap();
+    assert_eq!((died.name.as_str(), died.ty.as_deref()), (name.as_str(), Some("kernel crash")));
+    assert!(died.text.contains("Kernel panic - not syncing"), "{died:?}");
+    let t = &json["totals"];
+    assert_eq!((t["crash"].as_u64(), t["missing"].as_u64()), (Some(1), Some(21)));
+    assert_eq!(json["exit_status"], serde_json::Value::Null);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_real_fake_device_run_reads_back_case_for_case() {
+    let input = data("run-fake-device.ktap");
+    let (xml, json) = junit_and_json("fake", &input, &[]);
+    let cases = read_junit(&xml);
+    same_cases(&input, &cases);
     // Durations come from the `# NAME: S s` lines.
     let exit = cases.iter().find(|c| c.name == "teardown_exit_fake_device").unwrap();
     assert!(exit.time > 0.0, "{exit:?}");
