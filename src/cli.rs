@@ -11,6 +11,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use vhost_kernel_test::bench::BenchOpts;
 use vhost_kernel_test::fuzz::{fresh_seed, FuzzOpts, Limit};
 use vhost_kernel_test::net::icmp::{PingOpts, PingTarget};
+use vhost_kernel_test::report::{Outputs, ReportOpts};
 use vhost_kernel_test::serve::{CloseOrder, ServeOpts, TapOffloads};
 use vhost_kernel_test::suite::{self, RunOpts};
 use vhost_kernel_test::sys::vhost::FeatureSet;
@@ -35,6 +36,12 @@ Examples:
   vhost-kernel-test fuzz --seed 7 --phase 3 --count 120   # replay what a failure printed
   vhost-kernel-test run --fake-device        # self-test of the harness on any kernel
   vhost-kernel-test run --repeat 20          # soak: 20 passes, KTAP subtests, stop at a kernel report
+  vhost-kernel-test run --fail-fast          # one pass, stop at the first kernel report
+  vhost-kernel-test run --junit junit.xml --json summary.json   # KTAP on stdout, CI files at the end
+  vhost-kernel-test report results.log --junit junit.xml --json summary.json
+  vhost-kernel-test report results.log --junit junit.xml --crash panic.txt --crash-point teardown_exit
+      (results.log: the KTAP scripts/vmtest --log-dir keeps; panic.txt: the host's decoded
+       kernel report of a guest that died during teardown_exit)
   vhost-kernel-test serve                    # prints: h2g=vhostkernel0 g2h=eth0
   vhost-kernel-test serve --json             # {\"h2g\":...,\"g2h\":...,\"h2g_ifindex\":N,...}
       (SIGTERM/SIGINT: close all and exit 0; SIGUSR1: close /dev/vktest only;
@@ -48,7 +55,7 @@ Examples:
 
 Exit status of run/attach/fuzz: 0 all passed (some skips allowed), 1 a test failed,
 4 everything skipped, 130/143 interrupted by SIGINT/SIGTERM. bench: 0 measured,
-1 failed, 4 devices missing.";
+1 failed, 4 devices missing. report: 0 files written, 2 a file unreadable or not KTAP.";
 
 const FEATURE_SETS: &str = "\
 Feature sets (--features SET on run, serve, bench): `rfc` (VIRTIO_F_VERSION_1 |
@@ -101,6 +108,29 @@ and shown, with any that were asked for but not negotiated.
 Exit: 0 everything measured, 1 a figure or set failed, 4 the devices (or root)
 are missing.";
 
+const REPORT_ABOUT: &str = "\
+Read the KTAP a run wrote (scripts/vmtest's results.log, or what `run` printed)
+and write it for CI: --junit FILE (JUnit XML: one <testsuite> for the pass, one
+per iteration with --repeat; one <testcase> per test point with its duration
+from `# NAME: S s`; <failure> with the quoted kernel report, or the point's
+diagnostics, as its text; <skipped> with the reason; diagnostics as
+<system-out>) and --json FILE (totals, exit status from `VKT-EXIT: N` when
+present, and per point: iteration, number, name, result pass/fail/skip/crash,
+duration_s, skip_reason, diagnostics, kernel_report).
+
+A guest that died leaves the output cut short. --crash FILE (the host's
+decoded kernel report) with --crash-point NAME (the point whose start marker,
+`vhost-kernel-test: sync start-N:NAME`, is the last one in the console log)
+adds that point as a failure of type \"kernel crash\" (JSON result \"crash\")
+carrying the report; without --crash-point, or if NAME already has a result,
+a `kernel_crash` case carries it. Points after it are not invented: the JSON
+totals count them as missing. An output cut short with no --crash, or a
+`Bail out!`, adds an <error> case (results_incomplete, bail_out), so that a
+cut run never reads as green.
+
+Prints one summary line. Exit: 0 written, 2 a file unreadable or not KTAP
+(the message names the file and line).";
+
 /// The help of `run`: this text around the table of test points, which
 /// comes from the registry ([`suite::registry::help_table`]).
 const RUN_ABOUT_HEAD: &str = "\
@@ -132,7 +162,14 @@ the soak: the rest is reported as skipped. attach_close_loop's 1000 cycles
 are spread over the passes (ceil(1000/N) per pass, each pass checking that
 nothing is left), so that a soak costs N passes of the scenarios rather than
 N x 1000 cycles (159 ms a cycle on a KASAN kernel under TCG); --cycles sets
-the count per pass.";
+the count per pass.
+
+--fail-fast stops a single pass the same way: the first point during which
+the kernel logged a report fails with it quoted, every point after it is
+`ok N NAME # SKIP not run: stopped after a kernel report`, exit 1. Each point
+writes `vhost-kernel-test: sync start-N:NAME PID` (start-K.N:NAME in pass K of
+--repeat) to the kernel log as it starts, so a console log names the point
+that was running when the kernel died.";
 
 /// `run --help`'s long text.
 fn run_about() -> String {
@@ -267,6 +304,9 @@ pub enum Cmd {
     /// each path; prints one `KEY<TAB>ok|errno N` line per step.
     #[command(hide = true)]
     OpenProbe(OpenProbeArgs),
+    /// Write a run's KTAP (results.log) as JUnit XML and/or a JSON summary, for CI.
+    #[command(long_about = REPORT_ABOUT)]
+    Report(ReportArgs),
     /// Throughput and latency of the vhost path vs a veth pair (table, or --json).
     #[command(long_about = BENCH_ABOUT)]
     Bench(BenchArgs),
@@ -309,6 +349,17 @@ pub struct RunArgs {
     /// iteration-K per pass; stops at the first kernel report.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub repeat: Option<u32>,
+    /// Stop at the first test point during which the kernel logged a report
+    /// (WARN, BUG, KASAN, lockdep, leak...): it fails with the report quoted,
+    /// the points after it are skipped. --repeat always stops so.
+    #[arg(long)]
+    pub fail_fast: bool,
+    /// At the end, also write the run's results as JUnit XML to FILE (see `report --help`).
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<std::path::PathBuf>,
+    /// At the end, also write a JSON summary of the run to FILE (see `report --help`).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<std::path::PathBuf>,
     /// Open/wire/attach/close cycles of attach_close_loop, per pass. Default:
     /// 1000; with --repeat N, 1000 spread over the passes (ceil(1000/N) each).
     #[arg(long, value_name = "N")]
@@ -422,6 +473,36 @@ pub struct PingArgs {
     pub window: usize,
 }
 
+/// The arguments of `report`.
+#[derive(Args)]
+pub struct ReportArgs {
+    /// The KTAP the harness wrote (scripts/vmtest's results.log).
+    pub file: std::path::PathBuf,
+    /// Write JUnit XML to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<std::path::PathBuf>,
+    /// Write the JSON summary to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<std::path::PathBuf>,
+    /// The host's decoded kernel report of a guest that died (panic, hang).
+    #[arg(long, value_name = "FILE")]
+    pub crash: Option<std::path::PathBuf>,
+    /// The test point the guest died in (the last `sync start-N:NAME` marker of the console log).
+    #[arg(long, value_name = "NAME", requires = "crash")]
+    pub crash_point: Option<String>,
+}
+
+impl From<ReportArgs> for ReportOpts {
+    fn from(a: ReportArgs) -> Self {
+        ReportOpts {
+            input: a.file,
+            outputs: Outputs { junit: a.junit, json: a.json },
+            crash: a.crash,
+            crash_point: a.crash_point,
+        }
+    }
+}
+
 /// The argument of `scan-log`.
 #[derive(Args)]
 pub struct ScanLogArgs {
@@ -461,6 +542,11 @@ fn seconds(value: f64, option: &str) -> Result<Duration> {
 }
 
 impl RunArgs {
+    /// Where `run --junit/--json` writes.
+    pub fn outputs(&self) -> Outputs {
+        Outputs { junit: self.junit.clone(), json: self.json.clone() }
+    }
+
     /// The options the suite runs with (the selection of points is the
     /// suite's: [`vhost_kernel_test::suite::select`]).
     pub fn opts(&self) -> RunOpts {
@@ -477,6 +563,7 @@ impl RunArgs {
                 .cycles
                 .unwrap_or_else(|| vhost_kernel_test::suite::races::cycles_per_pass(self.repeat.unwrap_or(1))),
             progress: self.progress,
+            fail_fast: self.fail_fast,
             ..Default::default()
         }
     }
@@ -574,6 +661,16 @@ mod tests {
             let args: Vec<&str> = std::iter::once("./vhost_kernel_test").chain(a.iter().copied()).collect();
             assert_eq!(call(&args), None, "{a:?}");
         }
+    }
+
+    #[test]
+    fn fail_fast_reaches_the_run_options() {
+        let opts = |args: &[&str]| match Cli::try_parse_from(args).unwrap().cmd {
+            Cmd::Run(r) => r.opts(),
+            _ => panic!("not run"),
+        };
+        assert!(opts(&["vhost-kernel-test", "run", "--fail-fast"]).fail_fast);
+        assert!(!opts(&["vhost-kernel-test", "run"]).fail_fast);
     }
 
     #[test]

@@ -12,7 +12,9 @@
 //! - [`net`]: rtnetlink (links, addresses, namespace moves, link events, on a
 //!   tokio current-thread runtime) and ICMPv6 echo over raw sockets
 //!   ([`net::icmp`], payloads checked byte for byte).
-//! - [`report`]: KTAP v1 ([`report::ktap`]).
+//! - [`report`]: KTAP v1 ([`report::ktap`]), and that KTAP read back
+//!   ([`report::results`]) as JUnit XML ([`report::junit`]) and a JSON
+//!   summary ([`report::json`]) for CI (`report`, `run --junit/--json`).
 //! - [`serve`]: the RFC's --serve flow as a process: the one wiring
 //!   ([`serve::rig`]), the interfaces it made, signals; and the
 //!   `--fake-device` stand-in ([`serve::fake`]).
@@ -28,7 +30,8 @@
 //! Nothing sleeps to synchronise: waits are on netlink events, fds, child
 //! exit, or a /dev/kmsg marker, each with a timeout and a message. Crates:
 //! nix/libc (syscalls), rtnetlink (netlink), tokio (runtime, signals, child
-//! processes), clap (CLI), anyhow (errors with context), serde_json (JSON).
+//! processes), clap (CLI), anyhow (errors with context), serde_json (JSON),
+//! quick-junit (JUnit XML).
 //! No netns crate, no DNS, no /etc: statically linkable for a busybox
 //! initramfs.
 

@@ -11,6 +11,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use cli::{Cli, Cmd};
 use vhost_kernel_test::net::icmp::{self, Control};
+use vhost_kernel_test::report::{write_run_outputs, Capture};
 use vhost_kernel_test::suite::{self, run_tests, run_tests_repeated, RunOpts};
 
 /// Run `fut`; on SIGINT/SIGTERM drop it (its guards clean up) and return 130/143.
@@ -57,10 +58,17 @@ async fn real_main(cli: Cli) -> Result<i32> {
                 }
             }
             let selected = suite::select(&args.tests, args.fake_device)?;
-            match args.repeat {
-                Some(n) => interruptible(run_tests_repeated(&selected, &opts, n as usize, std::io::stdout())).await,
-                None => interruptible(run_tests(&selected, &opts, std::io::stdout())).await,
+            // With --junit/--json, keep a copy of the KTAP to write them from at the end.
+            let outputs = args.outputs();
+            let mut out = Capture::new(std::io::stdout());
+            let code = match args.repeat {
+                Some(n) => interruptible(run_tests_repeated(&selected, &opts, n as usize, &mut out)).await?,
+                None => interruptible(run_tests(&selected, &opts, &mut out)).await?,
+            };
+            if !outputs.any() {
+                return Ok(code);
             }
+            Ok(write_run_outputs(&out.text(), code, &outputs))
         }
         Cmd::Fuzz(args) => {
             let opts = args.try_into()?;
@@ -77,6 +85,7 @@ async fn real_main(cli: Cli) -> Result<i32> {
         Cmd::ScanLog(args) if args.watch => {
             Ok(vhost_kernel_test::sys::kmsg::watch_log(&args.file, &mut std::io::stdout()))
         }
+        Cmd::Report(args) => Ok(vhost_kernel_test::report::report(&args.into(), &mut std::io::stdout())),
         Cmd::ScanLog(args) => Ok(vhost_kernel_test::sys::kmsg::scan_log(&args.file, &mut std::io::stdout())),
         Cmd::Attach => {
             interruptible(run_tests(&suite::registry::attach_points(), &RunOpts::default(), std::io::stdout())).await

@@ -69,7 +69,7 @@ ensure_rust_components() {
 # Harness subcommands that a first harness argument may select, for
 # scripts/vmtest and the guest's /init (mkinitramfs.sh writes the list to
 # /etc/vkt-subcommands); any other first argument is an option of "run".
-VKT_SUBCOMMANDS="run attach serve bench ping fuzz scan-log help"
+VKT_SUBCOMMANDS="run attach serve bench ping fuzz scan-log report help"
 
 # True when $1 is one of VKT_SUBCOMMANDS.
 is_harness_subcommand() {

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::report::ktap::{Ktap, Outcome, EXIT_ALL_SKIPPED};
+use crate::report::results::{KERNEL_REPORT_DURING, KMEMLEAK_HEAD, KMEMLEAK_TAIL};
 use crate::sys::kmsg::{kmemleak_find_leaks, kmemleak_unavailable, KmsgMonitor, KMSG_PATH, LEAK_CHECK};
 use crate::sys::netns::{self};
 use crate::sys::vhost::{node_exists, VHOST_NET_KERNEL_PATH};
@@ -60,6 +61,9 @@ pub struct RunOpts {
     /// Diagnostics `step: NAME` as a scenario reaches its steps (for tests
     /// that interrupt a run at a given step).
     pub progress: bool,
+    /// `run --fail-fast`: the first test point during which the kernel
+    /// logged a report ends the run (what `--repeat` always does).
+    pub fail_fast: bool,
 }
 
 impl Default for RunOpts {
@@ -76,6 +80,7 @@ impl Default for RunOpts {
             kmsg_path: KMSG_PATH.into(),
             cycles: crate::suite::races::DEFAULT_CYCLES,
             progress: false,
+            fail_fast: false,
         }
     }
 }
@@ -164,7 +169,7 @@ pub async fn leak_check(diag: &mut dyn FnMut(String)) -> Result<Outcome> {
         return Ok(Outcome::Pass);
     }
     let objects = report.iter().filter(|l| l.starts_with("unreferenced object")).count();
-    diag(format!("kmemleak: {objects} unreferenced object(s); its report:"));
+    diag(format!("{KMEMLEAK_HEAD}{objects} unreferenced object(s){KMEMLEAK_TAIL}"));
     report.into_iter().take(60).for_each(diag);
     Ok(Outcome::Fail)
 }
@@ -218,11 +223,20 @@ pub fn remove_stale_namespaces(opts: &RunOpts, k: &mut Ktap<impl std::io::Write>
 }
 
 /// Why a pass over the test points stopped early.
-const STOPPED_AFTER_REPORT: &str = "not run: stopped after a kernel report";
+pub const STOPPED_AFTER_REPORT: &str = "not run: stopped after a kernel report";
+
+/// The kernel-log marker tags of test point `name`, number `n` of a pass
+/// tagged `tag` (empty, or `K.` for iteration K): `start-{tag}{n}:{name}`
+/// and `end-{tag}{n}:{name}`. They name the point so that a console log
+/// says which point was running when the kernel died: the host takes the
+/// last `vhost-kernel-test: sync start-[0-9.]*:NAME ` before the crash.
+pub fn marker_tags(tag: &str, n: usize, name: &str) -> (String, String) {
+    (format!("start-{tag}{n}:{name}"), format!("end-{tag}{n}:{name}"))
+}
 
 /// Run `tests` once, reporting each on `k`, then (when the kernel log is
-/// watched) [`BETWEEN_POINTS`]. Kernel markers are tagged with `tag` and
-/// the point's number; `from` is where this pass's kernel log starts and is
+/// watched) [`BETWEEN_POINTS`]. Kernel markers are tagged with `tag`, the
+/// point's number and its name ([`marker_tags`]); `from` is where this pass's kernel log starts and is
 /// moved to where it ends. With `stop_on_report`, the first point during
 /// which the kernel logged a report ends the pass: the remaining points are
 /// reported as skipped. Returns the name of that point, if any.
@@ -244,7 +258,8 @@ async fn run_points<W: std::io::Write>(
             k.result(t, &Outcome::Skip(STOPPED_AFTER_REPORT.into()));
             continue;
         }
-        let window = account.as_mut().map(|a| a.begin(&format!("start-{tag}{}", i + 1)));
+        let (start_tag, end_tag) = marker_tags(tag, i + 1, t);
+        let window = account.as_mut().map(|a| a.begin(&start_tag));
         let began = Instant::now();
         let mut outcome = match run_one(t, opts, &mut |d: String| k.diag(&d)).await {
             Ok((o, ready)) => {
@@ -262,7 +277,7 @@ async fn run_points<W: std::io::Write>(
         // kernel log is not monitored.
         let mut report = *t == LEAK_CHECK && outcome == Outcome::Fail;
         if let (Some(a), Some(w)) = (account.as_mut(), window) {
-            match a.end(k, t, w, &format!("end-{tag}{}", i + 1)) {
+            match a.end(k, t, w, &end_tag) {
                 LogVerdict::Clean => {}
                 LogVerdict::Incomplete => outcome = Outcome::Fail,
                 LogVerdict::Report => {
@@ -297,7 +312,7 @@ pub(crate) fn quote_kernel_reports<W: std::io::Write>(
         k.diag(&format!("kernel log check of {name} incomplete: {e}"));
     }
     if !splats.is_empty() {
-        k.diag(&format!("kernel reported a problem during {name}:"));
+        k.diag(&format!("{KERNEL_REPORT_DURING}{name}:"));
         for l in splats {
             k.diag(l);
         }
@@ -424,7 +439,11 @@ pub fn pass_points<'a>(tests: &[&'a str], kmsg_path: &str) -> (Vec<&'a str>, Vec
     (run, all)
 }
 
-/// Run `tests` as KTAP on `out`; returns the exit code.
+/// Run `tests` as KTAP on `out`; returns the exit code. With
+/// `opts.fail_fast` the first test point during which the kernel logged a
+/// report ends the run: it fails with the report quoted, the points after
+/// it are reported as skipped ([`STOPPED_AFTER_REPORT`]), the
+/// [`BETWEEN_POINTS`] check still judges the log.
 pub async fn run_tests(tests: &[&str], opts: &RunOpts, out: impl std::io::Write) -> i32 {
     let (tests, points) = pass_points(tests, &opts.kmsg_path);
     let mut k = Ktap::new(out);
@@ -439,9 +458,21 @@ pub async fn run_tests(tests: &[&str], opts: &RunOpts, out: impl std::io::Write)
             })
         }
     };
+    single_pass(&mut k, &tests, opts, kmsg.as_ref().map(|m| m as &dyn KernelLog)).await
+}
+
+/// The one pass of [`run_tests`] after its header and preparation.
+async fn single_pass<W: std::io::Write>(
+    k: &mut Ktap<W>,
+    tests: &[&str],
+    opts: &RunOpts,
+    kmsg: Option<&dyn KernelLog>,
+) -> i32 {
     let mut timings = Timings::start();
-    let log = kmsg.as_ref().map(|m| m as &dyn KernelLog);
-    run_points(&mut k, &tests, opts, log, &mut 0, "", false, &mut timings).await;
+    let reported = run_points(k, tests, opts, kmsg, &mut 0, "", opts.fail_fast, &mut timings).await;
+    if let Some(t) = reported.filter(|t| t != BETWEEN_POINTS) {
+        k.diag(&format!("--fail-fast: stopped after the kernel report during {t} (quoted above)"));
+    }
     k.diag(&timings.summary());
     k.totals();
     k.exit_code()

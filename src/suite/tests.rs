@@ -67,19 +67,24 @@ fn timed(l: &str) -> bool {
 
 const SKIP_FAKE: &str = "# SKIP needs /dev/vhost-net-kernel and /dev/vktest (--fake-device)";
 const TWO: [&str; 2] = ["attach_once", "vktest_kick_index2_einval"];
+/// The marker tags of TWO's points in a pass of `run` (they name the point).
+const START1: &str = "start-1:attach_once";
+const END1: &str = "end-1:attach_once";
+const START2: &str = "start-2:vktest_kick_index2_einval";
+const END2: &str = "end-2:vktest_kick_index2_einval";
 
 #[tokio::test(flavor = "current_thread")]
 async fn clean_log_passes_the_between_check() {
-    let log = ScriptedLog { after: vec![("end-2", "virtio_net virtio0 eth0: renamed")], ..Default::default() };
+    let log = ScriptedLog { after: vec![(END2, "virtio_net virtio0 eth0: renamed")], ..Default::default() };
     let (code, text) = one_pass(&TWO, &log).await;
     assert_eq!(code, crate::report::ktap::EXIT_PASS, "{text}");
     assert!(text.ends_with(&format!("ok 3 {BETWEEN_POINTS}\n")), "{text}");
-    assert_eq!(*log.tags.borrow(), ["start-1", "end-1", "start-2", "end-2", "end-pass"]);
+    assert_eq!(*log.tags.borrow(), [START1, END1, START2, END2, "end-pass"]);
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn report_between_points_fails_the_between_check() {
-    for (at, next) in [("end-1", "start-2"), ("end-2", "end-pass")] {
+    for (at, next) in [(END1, START2), (END2, "end-pass")] {
         // Logged right after a point's end marker: outside every window.
         let log = ScriptedLog { after: vec![(at, WARNING)], ..Default::default() };
         let (code, text) = one_pass(&TWO, &log).await;
@@ -96,28 +101,69 @@ async fn report_between_points_fails_the_between_check() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn report_inside_a_window_fails_that_point_only() {
-    let log = ScriptedLog { after: vec![("start-2", WARNING)], ..Default::default() };
+    let log = ScriptedLog { after: vec![(START2, WARNING)], ..Default::default() };
     let (_, text) = one_pass(&TWO, &log).await;
     assert!(
         text.contains(&format!(
             "# kernel reported a problem during vktest_kick_index2_einval:\n# {WARNING}\n\
-             # vhost-kernel-test: sync end-2 1\nnot ok 2 vktest_kick_index2_einval\n"
+             # vhost-kernel-test: sync {END2} 1\nnot ok 2 vktest_kick_index2_einval\n"
         )),
         "{text}"
     );
     assert!(text.ends_with(&format!("ok 3 {BETWEEN_POINTS}\n")), "{text}");
 }
 
+/// `run --fail-fast`: a report during point 1 ends the run there; without
+/// the flag every point runs (and the report still fails its point).
+#[tokio::test(flavor = "current_thread")]
+async fn fail_fast_stops_at_the_first_kernel_report() {
+    for fail_fast in [false, true] {
+        let log = ScriptedLog { after: vec![(START1, WARNING)], ..Default::default() };
+        let opts = RunOpts { fake_device: true, fail_fast, ..Default::default() };
+        let mut k = Ktap::new(Vec::new());
+        k.header(3);
+        let code = single_pass(&mut k, &TWO, &opts, Some(&log)).await;
+        assert_eq!(code, crate::report::ktap::EXIT_FAIL);
+        let text = String::from_utf8(k.into_inner()).unwrap();
+        let text: String = text.lines().filter(|l| !timed(l)).map(|l| format!("{l}\n")).collect();
+        let (second, stop, tags) = if fail_fast {
+            (
+                format!("# SKIP {STOPPED_AFTER_REPORT}"),
+                "# --fail-fast: stopped after the kernel report during attach_once (quoted above)\n",
+                vec![START1, END1, "end-pass"],
+            )
+        } else {
+            (SKIP_FAKE.to_string(), "", vec![START1, END1, START2, END2, "end-pass"])
+        };
+        let want = format!(
+            "KTAP version 1\n1..3\n\
+             # kernel reported a problem during attach_once:\n# {WARNING}\n# vhost-kernel-test: sync {END1} 1\n\
+             not ok 1 attach_once\nok 2 vktest_kick_index2_einval {second}\nok 3 {BETWEEN_POINTS}\n{stop}\
+             # Totals: pass:1 fail:1 xfail:0 xpass:0 skip:1 error:0\n"
+        );
+        assert_eq!(text, want, "fail_fast {fail_fast}");
+        // With the flag, point 2 never started (no marker of its own).
+        assert_eq!(*log.tags.borrow(), tags, "fail_fast {fail_fast}");
+    }
+}
+
+#[test]
+fn markers_name_the_point() {
+    let tags = |tag, n| marker_tags(tag, n, "teardown_exit");
+    assert_eq!(tags("", 7), ("start-7:teardown_exit".into(), "end-7:teardown_exit".into()));
+    assert_eq!(tags("2.", 7), ("start-2.7:teardown_exit".into(), "end-2.7:teardown_exit".into()));
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn incomplete_end_fails_the_point() {
-    let log = ScriptedLog { unseen: vec!["end-1"], ..Default::default() };
+    let log = ScriptedLog { unseen: vec![END1], ..Default::default() };
     let (code, text) = one_pass(&TWO, &log).await;
     assert_eq!(code, crate::report::ktap::EXIT_FAIL, "{text}");
     assert!(
-        text.contains(
-            "# kernel log check of attach_once incomplete: end marker not seen: timed out waiting for marker \"end-1\"\n\
+        text.contains(&format!(
+            "# kernel log check of attach_once incomplete: end marker not seen: timed out waiting for marker \"{END1}\"\n\
              not ok 1 attach_once\n"
-        ),
+        )),
         "{text}"
     );
     assert!(text.contains(&format!("ok 2 vktest_kick_index2_einval {SKIP_FAKE}\n")), "{text}");
@@ -125,7 +171,7 @@ async fn incomplete_end_fails_the_point() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn failed_begin_fails_the_point() {
-    let log = ScriptedLog { unseen: vec!["start-2"], ..Default::default() };
+    let log = ScriptedLog { unseen: vec![START2], ..Default::default() };
     let (code, text) = one_pass(&TWO, &log).await;
     assert_eq!(code, crate::report::ktap::EXIT_FAIL, "{text}");
     assert!(
@@ -138,7 +184,7 @@ async fn failed_begin_fails_the_point() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn lost_records_fail_the_window_that_holds_them() {
-    // Records: 0 start-1, 1 end-1, 2 start-2, 3 end-2, 4 end-pass.
+    // Records: 0 START1, 1 END1, 2 START2, 3 END2, 4 end-pass.
     // A gap before record 1 is inside point 1's window (1..2); one
     // before record 2 is between the points (2..3).
     for (gap, failed) in [(1, "not ok 1 attach_once\n"), (2, &*format!("not ok 3 {BETWEEN_POINTS}\n"))] {
@@ -162,7 +208,7 @@ fn monitor_reports_lost_records_as_incomplete() {
 #[tokio::test(flavor = "current_thread")]
 async fn repeat_stops_at_the_first_kernel_report() {
     // A WARNING during the first point of the second pass.
-    let log = ScriptedLog { after: vec![("start-2.1", WARNING)], ..Default::default() };
+    let log = ScriptedLog { after: vec![("start-2.1:attach_once", WARNING)], ..Default::default() };
     let opts = RunOpts { fake_device: true, ..Default::default() };
     let mut k = Ktap::new(Vec::new());
     k.header(3);
@@ -182,7 +228,7 @@ async fn repeat_stops_at_the_first_kernel_report() {
          ok 1 iteration-1\n\
          \x20   KTAP version 1\n    1..3\n\
          \x20   # kernel reported a problem during attach_once:\n    # {WARNING}\n\
-         \x20   # vhost-kernel-test: sync end-2.1 1\n\
+         \x20   # vhost-kernel-test: sync end-2.1:attach_once 1\n\
          \x20   not ok 1 attach_once\n    ok 2 vktest_kick_index2_einval # SKIP {STOPPED_AFTER_REPORT}\n\
          \x20   ok 3 {BETWEEN_POINTS}\n\
          \x20   # Totals: pass:1 fail:1 xfail:0 xpass:0 skip:1 error:0\n\
@@ -196,7 +242,16 @@ async fn repeat_stops_at_the_first_kernel_report() {
     let tags = log.tags.borrow();
     assert_eq!(
         *tags,
-        ["start-1.1", "end-1.1", "start-1.2", "end-1.2", "end-1.pass", "start-2.1", "end-2.1", "end-2.pass"]
+        [
+            "start-1.1:attach_once",
+            "end-1.1:attach_once",
+            "start-1.2:vktest_kick_index2_einval",
+            "end-1.2:vktest_kick_index2_einval",
+            "end-1.pass",
+            "start-2.1:attach_once",
+            "end-2.1:attach_once",
+            "end-2.pass"
+        ]
     );
 }
 
@@ -210,7 +265,9 @@ async fn each_pass_checks_the_log_since_the_previous_pass() {
     let code = repeat_points(&mut k, &TWO, &opts, 2, Some(&log)).await;
     assert_eq!(code, crate::report::ktap::EXIT_FAIL);
     let text = String::from_utf8(k.into_inner()).unwrap();
-    let quote = format!("    # {WARNING}\n    # vhost-kernel-test: sync start-2.1 1\n    not ok 3 {BETWEEN_POINTS}\n");
+    let quote = format!(
+        "    # {WARNING}\n    # vhost-kernel-test: sync start-2.1:attach_once 1\n    not ok 3 {BETWEEN_POINTS}\n"
+    );
     assert!(text.contains(&quote), "{text}");
     assert!(text.contains("ok 1 iteration-1\n") && text.contains("not ok 2 iteration-2\n"), "{text}");
 }
@@ -293,4 +350,26 @@ fn damaged_packets_are_found_in_snmp6() {
     assert!(damage_in(healthy).is_empty(), "reassembly failures are loss, not damage");
     let damaged = healthy.replace("Icmp6InCsumErrors               \t0", "Icmp6InCsumErrors               \t2");
     assert_eq!(damage_in(&damaged), [("Icmp6InCsumErrors".to_string(), 2)]);
+}
+
+/// `report` reads the runner's own output back: the same points, verdicts,
+/// durations and quoted report, iteration by iteration.
+#[tokio::test(flavor = "current_thread")]
+async fn the_report_reads_what_the_runner_wrote() {
+    use crate::report::results::{parse, Verdict};
+    let log = ScriptedLog { after: vec![("start-2.1:attach_once", WARNING)], ..Default::default() };
+    let opts = RunOpts { fake_device: true, ..Default::default() };
+    let mut k = Ktap::new(Vec::new());
+    k.header(3);
+    repeat_points(&mut k, &TWO, &opts, 3, Some(&log)).await;
+    let r = parse("run", &String::from_utf8(k.into_inner()).unwrap()).unwrap();
+    assert!(r.repeat && r.complete(), "{r:?}");
+    let verdicts: Vec<Vec<Verdict>> = r.suites.iter().map(|s| s.points.iter().map(|p| p.verdict).collect()).collect();
+    use Verdict::{Fail, Pass, Skip};
+    assert_eq!(verdicts, [vec![Skip, Skip, Pass], vec![Fail, Skip, Pass], vec![]]);
+    let failed = &r.suites[1].points[0];
+    assert_eq!(failed.kernel_report.as_ref().and_then(|q| q.first()).map(String::as_str), Some(WARNING));
+    assert!(failed.duration_s.is_some(), "{failed:?}");
+    assert_eq!(r.suites[2].verdict, Some(Skip));
+    assert!(r.suites[0].time_s.is_some());
 }
