@@ -385,9 +385,9 @@ expected_steps() {
 	if [ -f "$memo" ]; then
 		cat "$memo"
 	elif [ "$OPT_DEBUG" -eq 1 ]; then
-		echo 1150
+		echo 1710
 	else
-		echo 1100
+		echo 1654
 	fi
 }
 
