@@ -105,9 +105,7 @@ ensure_tarball() {
 	[ "$(id -u)" -eq 0 ] ||
 		die "$VKT_TARBALL missing; run: apt-get install linux-source-6.12"
 	step "installing linux-source-6.12"
-	DEBIAN_FRONTEND=noninteractive apt-get install -y linux-source-6.12 >&2 ||
-		{ apt-get update >&2 &&
-			DEBIAN_FRONTEND=noninteractive apt-get install -y linux-source-6.12 >&2; }
+	apt_install linux-source-6.12
 	[ -f "$VKT_TARBALL" ] || die "$VKT_TARBALL still missing"
 }
 

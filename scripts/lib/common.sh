@@ -43,9 +43,14 @@ ensure_packages() {
 		exit 4
 	fi
 	step "installing the missing Debian packages: ${missing[*]}"
+	apt_install "${missing[@]}"
+}
+
+# apt-get update, then install packages $@ (as root), or die.
+apt_install() {
 	DEBIAN_FRONTEND=noninteractive apt-get update >&2 || die "apt-get update failed"
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-		"${missing[@]}" >&2 || die "apt-get install ${missing[*]} failed"
+		"$@" >&2 || die "apt-get install $* failed"
 }
 
 # Make sure the Rust toolchain has the target and the components
@@ -144,9 +149,14 @@ now() {
 	date +%s.%N
 }
 
+# Seconds from time $1 to time $2 (as `now` prints them), one decimal.
+seconds_between() {
+	awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'
+}
+
 # Elapsed seconds since $1 (from now), one decimal.
 elapsed_since() {
-	awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'
+	seconds_between "$1" "$(now)"
 }
 
 # True when KVM can really be used: the CPU advertises vmx or svm and
