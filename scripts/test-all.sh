@@ -78,12 +78,13 @@ run_checkpatch() {
 	return "$rc"
 }
 
-# The VM suite must pass; a skip is only accepted without a series
-# (pristine kernel, nothing to test). Its KTAP is kept in $KTAP_LOG for the
-# parser check.
-run_vmtest() {
-	local rc=0
-	"$VKT_ROOT/scripts/vmtest" "$@" | tee "$KTAP_LOG" || rc="${PIPESTATUS[0]}"
+# scripts/vmtest with args $2..., its KTAP also kept in file $1. The VM
+# suite must pass; a skip is only accepted without a series (pristine
+# kernel, nothing to test).
+vmtest_must_pass() {
+	local log="$1" rc=0
+	shift
+	"$VKT_ROOT/scripts/vmtest" "$@" | tee "$log" || rc="${PIPESTATUS[0]}"
 	if [ "$rc" -eq 4 ] && [ -z "$(series_patches)" ]; then
 		warn "vmtest skipped on a pristine kernel (no kernel-patches/series): accepted"
 		return 0
@@ -91,11 +92,16 @@ run_vmtest() {
 	return "$rc"
 }
 
+# The normal suite; its KTAP is kept in $KTAP_LOG for the parser check.
+run_vmtest() {
+	vmtest_must_pass "$KTAP_LOG" "$@"
+}
+
 # One pass of the suite on the debug kernel (KASAN, lockdep, kmemleak,
 # fault injection), so that those oracles judge every change, not only the
 # runs someone remembers to make with --debug.
 run_vmtest_debug() {
-	"$VKT_ROOT/scripts/vmtest" --debug "$@"
+	vmtest_must_pass /dev/null --debug "$@"
 }
 
 # The kernel's own KTAP parser (tools/testing/kunit/kunit.py) must read the
