@@ -1,7 +1,7 @@
 #!/bin/bash
 # Build a bzImage for the VM tests.
 #
-# usage: scripts/build-kernel.sh [--tree DIR] [--debug] [--jobs N]
+# usage: scripts/build-kernel.sh [--tree DIR] [--debug | --profile] [--jobs N]
 #                                [--no-patches] [--fault NAME] [--print-source]
 #
 # Source: /usr/src/linux-source-6.12.tar.xz (Debian's linux-source-6.12),
@@ -10,7 +10,9 @@
 # kernel-patches/series unless it is already applied (or --no-patches).
 # Configuration: tinyconfig + scripts/lib/vm.config (what the VM needs) +
 # selftests/vhost_kernel/config (what the test needs) (+ config.debug
-# with --debug) + olddefconfig, checked option by option.
+# with --debug, or config.profile with --profile: the normal kernel plus
+# /proc/profile and schedstats for `bench --profile`) + olddefconfig,
+# checked option by option.
 # --fault NAME applies kernel-patches/faults/NAME.patch (a deliberately
 # broken variant) after the series, in the same build dir as the build
 # without it (switching is incremental); the fault is reverted again when the
@@ -37,6 +39,7 @@ set -euo pipefail
 ARCH_MAKE=(ARCH=x86_64)
 OPT_TREE=""
 OPT_DEBUG=0
+OPT_PROFILE=0
 OPT_JOBS=""
 OPT_NO_PATCHES=0
 OPT_PRINT_SOURCE=0
@@ -48,6 +51,7 @@ parse_args() {
 		case "$1" in
 		--tree) OPT_TREE="${2:?--tree needs a directory}"; shift ;;
 		--debug) OPT_DEBUG=1 ;;
+		--profile) OPT_PROFILE=1 ;;
 		--jobs | -j) OPT_JOBS="${2:?--jobs needs a number}"; shift ;;
 		--no-patches) OPT_NO_PATCHES=1 ;;
 		--print-source) OPT_PRINT_SOURCE=1 ;;
@@ -62,6 +66,9 @@ parse_args() {
 	'' | *[!0-9]*) die "--jobs needs a number, got '$OPT_JOBS'" ;;
 	esac
 	[ -z "$OPT_FAULT" ] || check_fault_args
+	if [ "$OPT_DEBUG" -eq 1 ] && [ "$OPT_PROFILE" -eq 1 ]; then
+		die "--debug and --profile exclude each other (KASAN would be what the profile shows)"
+	fi
 }
 
 # Fault variants: kernel-patches/faults/NAME.patch.
@@ -88,7 +95,13 @@ check_fault_args() {
 }
 
 flavour() {
-	if [ "$OPT_DEBUG" -eq 1 ]; then echo debug; else echo normal; fi
+	if [ "$OPT_DEBUG" -eq 1 ]; then
+		echo debug
+	elif [ "$OPT_PROFILE" -eq 1 ]; then
+		echo profile
+	else
+		echo normal
+	fi
 }
 
 # Config fragments to merge, in order.
@@ -96,6 +109,9 @@ fragments() {
 	printf '%s\n' "$VKT_ROOT/scripts/lib/vm.config" "$VKT_ROOT/selftests/vhost_kernel/config"
 	if [ "$OPT_DEBUG" -eq 1 ]; then
 		printf '%s\n' "$VKT_ROOT/selftests/vhost_kernel/config.debug"
+	fi
+	if [ "$OPT_PROFILE" -eq 1 ]; then
+		printf '%s\n' "$VKT_ROOT/selftests/vhost_kernel/config.profile"
 	fi
 }
 

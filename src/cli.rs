@@ -436,6 +436,14 @@ pub struct BenchArgs {
     /// Harness self-test: serve --fake-device (TAPs bridged in user space) as the "vhost" path.
     #[arg(long)]
     pub fake_device: bool,
+    /// Also show where each path spends its time, measurement by measurement,
+    /// vhost and veth side by side: the top kernel functions by tick samples
+    /// (/proc/profile) and the context switches, wake-ups and interrupts per
+    /// packet. Needs the profiling kernel (CONFIG_PROFILING, CONFIG_SCHEDSTATS,
+    /// booted with profile=2), which `scripts/vmtest -- bench --profile`
+    /// builds and boots by itself.
+    #[arg(long)]
+    pub profile: bool,
 }
 
 /// The options of `ping`.
@@ -614,6 +622,7 @@ impl TryFrom<BenchArgs> for BenchOpts {
             ns_prefix: a.ns_prefix,
             timeout: Duration::from_secs(a.timeout),
             fake_device: a.fake_device,
+            profile: a.profile,
             ..Default::default()
         })
     }

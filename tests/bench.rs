@@ -19,6 +19,7 @@ use nix::sys::time::TimeVal;
 use serde_json::Value;
 use vhost_kernel_test::bench::figures::{icmp_rtt, measure_path, tcp_stream, udp_rr, Stop, StopOnDrop, FIGURES};
 use vhost_kernel_test::bench::setup_veth;
+use vhost_kernel_test::bench::profile::MEASUREMENTS;
 use vhost_kernel_test::net::icmp::{build_echo_request, parse_echo, ICMP6_ECHO_REPLY, ICMP6_ECHO_REQUEST};
 use vhost_kernel_test::sys::netns::{self, NetnsGuard};
 
@@ -54,7 +55,7 @@ async fn veth_path_tcp_udp_icmp() {
                 udp_rr(&p2.h2g, &p2.g2h, d, T, &s2).unwrap(),
                 icmp_rtt(&p2.h2g, &p2.g2h, 64, d, T, &s2).unwrap(),
                 icmp_rtt(&p2.h2g, &p2.g2h, 20000, d, T, &s2).unwrap(),
-                measure_path(&p2, Duration::from_millis(200), T, &s2),
+                measure_path(&p2, Duration::from_millis(200), T, &s2, false),
             )
         })
         .await
@@ -68,7 +69,16 @@ async fn veth_path_tcp_udp_icmp() {
         assert!(big.samples > 5 && big.min_us > 0.0, "{big:?}");
         assert!(all.errors.is_empty(), "{:?}", all.errors);
         assert_eq!(all.values.len(), FIGURES.len());
-        assert!(all.values.iter().all(|v| v.is_some_and(|x| x > 0.0)), "{:?}", all.values);
+        let (rates, cpu) = all.values.split_at(FIGURES.len() - MEASUREMENTS.len());
+        assert!(rates.iter().all(|v| v.is_some_and(|x| x > 0.0)), "{:?}", all.values);
+        // CPU per unit of work: /proc/stat counts 10 ms ticks, so a short
+        // window may see none, but every window was read.
+        assert!(cpu.iter().all(|v| v.is_some_and(|x| x >= 0.0)), "{:?}", all.values);
+        for (w, m) in all.windows.iter().zip(MEASUREMENTS) {
+            let w = w.as_ref().unwrap_or_else(|| panic!("no counter window for {}", m.label));
+            assert!(w.packets > 0 && w.units > 0.0 && w.counters.context_switches > 0, "{}: {w:?}", m.label);
+            assert!(w.hits.is_empty(), "no profile asked");
+        }
 
         // A stop request ends a measurement early, as an error.
         let (p3, s3) = (path.clone(), stop.clone());

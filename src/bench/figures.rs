@@ -21,6 +21,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
+use super::profile::{self, Window, MEASUREMENTS};
 use super::report::{median, percentile_sorted};
 use crate::net::icmp::{Pinger, TimedOpts};
 use crate::suite::{Pair, G2H_ADDR, H2G_ADDR};
@@ -422,28 +423,82 @@ pub const FIGURES: &[Figure] = &[
     fig("icmp20000_median", "ICMPv6 20000 B rtt median", "us"),
     fig("icmp20000_mean", "ICMPv6 20000 B rtt mean", "us"),
     fig("icmp20000_p99", "ICMPv6 20000 B rtt p99", "us"),
+    // Guest CPU time (/proc/stat, not idle) per unit of work: less disturbed
+    // by the host's noise than the rates, since a descheduled vCPU's time
+    // is not the guest's.
+    fig("cpu_tcp_h2g_to_g2h", "TCP h2g->g2h guest CPU", "ms/MB"),
+    fig("cpu_tcp_g2h_to_h2g", "TCP g2h->h2g guest CPU", "ms/MB"),
+    fig("cpu_udp_rr", "UDP req/resp guest CPU", "us/trans"),
+    fig("cpu_icmp64", "ICMPv6 64 B guest CPU", "us/echo"),
+    fig("cpu_icmp20000", "ICMPv6 20000 B guest CPU", "us/echo"),
 ];
 
-/// One repetition over one path: a value per figure (None: failed) and the errors.
+/// Where the CPU figures start in [`FIGURES`] (one per [`MEASUREMENTS`] entry).
+const FIRST_CPU_FIGURE: usize = 11;
+
+/// One repetition over one path: a value per figure (None: failed), the
+/// counter window of each measurement ([`MEASUREMENTS`] order) and the errors.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PathRun {
     pub values: Vec<Option<f64>>,
+    pub windows: Vec<Option<Window>>,
     pub errors: Vec<String>,
 }
 
-/// Measure every figure once over `path` (blocking).
-pub fn measure_path(path: &Path, duration: Duration, limit: Duration, stop: &Stop) -> PathRun {
-    let mut run = PathRun { values: vec![None; FIGURES.len()], errors: Vec::new() };
+/// Index in [`FIGURES`] of the CPU figure of measurement `k`.
+const fn cpu_figure(k: usize) -> usize {
+    FIRST_CPU_FIGURE + k
+}
+
+/// Run measurement `k` with a counter window around it (on the g2h end,
+/// whose interface counts the packets); `units` says how much work a
+/// result stands for. A window that cannot be read fails the repetition.
+fn windowed<T>(
+    run: &mut PathRun,
+    k: usize,
+    g2h: &End,
+    profile: bool,
+    measure: impl FnOnce() -> Result<T>,
+    units: impl Fn(&T) -> f64,
+) -> Result<T> {
+    let mark = profile::begin(g2h, profile).context("counters before the measurement");
+    let r = measure();
+    match (mark, &r) {
+        (Ok(mark), Ok(v)) => match profile::finish(mark, g2h, units(v)) {
+            Ok(w) => {
+                run.values[cpu_figure(k)] = w.cpu_per_unit(&MEASUREMENTS[k]);
+                run.windows[k] = Some(w);
+            }
+            Err(e) => run.errors.push(format!("{}: counters after the measurement: {e:#}", MEASUREMENTS[k].label)),
+        },
+        (Err(e), _) => run.errors.push(format!("{}: {e:#}", MEASUREMENTS[k].label)),
+        (Ok(_), Err(_)) => {}
+    }
+    r
+}
+
+/// Measure every figure once over `path` (blocking); with `profile`, each
+/// measurement's window also holds the kernel's tick profile.
+pub fn measure_path(path: &Path, duration: Duration, limit: Duration, stop: &Stop, profile: bool) -> PathRun {
+    let mut run = PathRun {
+        values: vec![None; FIGURES.len()],
+        windows: vec![None; MEASUREMENTS.len()],
+        errors: Vec::new(),
+    };
     let keep = |r: Result<Vec<f64>>, at: usize, run: &mut PathRun| match r {
         Ok(v) => v.into_iter().enumerate().for_each(|(i, x)| run.values[at + i] = Some(x)),
         Err(e) => run.errors.push(format!("{e:#}")),
     };
     let (a, b) = (&path.h2g, &path.g2h);
-    keep(tcp_stream(a, b, duration, limit, stop).map(|r| vec![r.mbit_per_s()]), 0, &mut run);
-    keep(tcp_stream(b, a, duration, limit, stop).map(|r| vec![r.mbit_per_s()]), 1, &mut run);
-    keep(udp_rr(a, b, duration, limit, stop).map(|r| vec![r.per_s()]), 2, &mut run);
-    for (size, at) in [(64, 3), (20000, 7)] {
-        let r = icmp_rtt(a, b, size, duration, limit, stop);
+    let mb = |r: &StreamResult| r.bytes as f64 / 1e6;
+    let r = windowed(&mut run, 0, b, profile, || tcp_stream(a, b, duration, limit, stop), mb);
+    keep(r.map(|r| vec![r.mbit_per_s()]), 0, &mut run);
+    let r = windowed(&mut run, 1, b, profile, || tcp_stream(b, a, duration, limit, stop), mb);
+    keep(r.map(|r| vec![r.mbit_per_s()]), 1, &mut run);
+    let r = windowed(&mut run, 2, b, profile, || udp_rr(a, b, duration, limit, stop), |r| r.transactions as f64);
+    keep(r.map(|r| vec![r.per_s()]), 2, &mut run);
+    for (k, size, at) in [(3, 64, 3), (4, 20000, 7)] {
+        let r = windowed(&mut run, k, b, profile, || icmp_rtt(a, b, size, duration, limit, stop), |s| s.samples as f64);
         keep(r.map(|s| vec![s.min_us, s.median_us, s.mean_us, s.p99_us]), at, &mut run);
     }
     run
@@ -452,6 +507,16 @@ pub fn measure_path(path: &Path, duration: Duration, limit: Duration, stop: &Sto
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_figures_follow_the_measurements() {
+        assert_eq!(FIGURES.len(), FIRST_CPU_FIGURE + MEASUREMENTS.len());
+        for (k, m) in MEASUREMENTS.iter().enumerate() {
+            let f = &FIGURES[cpu_figure(k)];
+            assert_eq!(f.key, format!("cpu_{}", m.key));
+            assert_eq!(f.unit, m.cpu_unit);
+        }
+    }
 
     #[test]
     fn stop_flags() {

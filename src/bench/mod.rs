@@ -13,6 +13,7 @@
 //! is measured is in [`figures`]; the table and the JSON in [`report`].
 
 pub mod figures;
+pub mod profile;
 pub mod report;
 
 use std::time::Duration;
@@ -54,6 +55,9 @@ pub struct BenchOpts {
     pub exe: String,
     /// Harness self-test: `serve --fake-device` instead of vhost + vktest.
     pub fake_device: bool,
+    /// Keep the kernel's tick profile of every measurement and print where
+    /// each path spends its time ([`profile`]).
+    pub profile: bool,
 }
 
 impl Default for BenchOpts {
@@ -67,6 +71,7 @@ impl Default for BenchOpts {
             timeout: Duration::from_secs(15),
             exe: "/proc/self/exe".into(),
             fake_device: false,
+            profile: false,
         }
     }
 }
@@ -110,8 +115,8 @@ async fn measure_reps(
     for rep in 1..=opts.reps {
         for (what, path) in [("vhost", vhost), ("veth", veth)] {
             progress(opts, &format!("set {set}: repetition {rep}/{}: {what}", opts.reps));
-            let (p, s, d, t) = (path.clone(), stop.clone(), opts.duration, opts.timeout);
-            let run = blocking(move || measure_path(&p, d, t, &s)).await?;
+            let (p, s, d, t, prof) = (path.clone(), stop.clone(), opts.duration, opts.timeout, opts.profile);
+            let run = blocking(move || measure_path(&p, d, t, &s, prof)).await?;
             stop.check()?;
             if what == "vhost" { &mut r.vhost } else { &mut r.veth }.push(run);
         }
@@ -197,6 +202,10 @@ pub async fn run_bench(opts: &BenchOpts) -> Result<Report> {
             progress(opts, &format!("removed stale namespace {ns}"));
         }
     }
+    // Wake-ups are counted while this lives; the symbols are read now, once
+    // the kernel is known to keep a profile.
+    let _schedstats = if opts.profile { Some(profile::check_profiling()?) } else { None };
+    let syms = if opts.profile { Some(crate::sys::kprofile::Kallsyms::read()?) } else { None };
     let mut base = NetnsGuard::new();
     base.create(&names[2])?;
     base.create(&names[3])?;
@@ -212,6 +221,7 @@ pub async fn run_bench(opts: &BenchOpts) -> Result<Report> {
         fake_device: opts.fake_device,
         clock_granularity: clock_granularity(),
         sets: Vec::new(),
+        syms,
     };
     for set in &sets {
         let why_not = if opts.fake_device { None } else { probe_set(set) };

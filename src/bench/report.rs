@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::figures::{PathRun, FIGURES};
+use super::profile::{self, JsonSummed, Summed, MEASUREMENTS};
+use crate::sys::kprofile::Kallsyms;
 use crate::sys::vhost::{feature_names, FeatureSet};
 
 /// Everything measured (or not) for one feature set.
@@ -45,6 +47,15 @@ impl SetReport {
         (v, b, ratio)
     }
 
+    /// Measurement `k`'s windows over the repetitions, summed per path.
+    pub fn profile(&self, k: usize, syms: &Kallsyms) -> (Summed, Summed) {
+        let sum = |runs: &[PathRun]| {
+            let ws: Vec<_> = runs.iter().filter_map(|r| r.windows.get(k).and_then(|w| w.as_ref())).collect();
+            Summed::of(&ws, syms)
+        };
+        (sum(&self.vhost), sum(&self.veth))
+    }
+
     fn failed(&self) -> bool {
         !self.errors.is_empty() || self.vhost.iter().chain(&self.veth).any(|r| !r.errors.is_empty())
     }
@@ -59,6 +70,8 @@ pub struct Report {
     /// Smallest step of the monotonic clock seen here ([`clock_granularity`]).
     pub clock_granularity: Duration,
     pub sets: Vec<SetReport>,
+    /// With `--profile`: the kernel's symbols, to name the profile's functions.
+    pub syms: Option<Kallsyms>,
 }
 
 /// Granularity above which single round-trip times are not meaningful.
@@ -148,6 +161,14 @@ impl Report {
                 let label = format!("{} [{}]", f.label, f.unit);
                 o += &format!("  {label:<32} {:>12} {:>12} {:>11}\n", fmt_val(v), fmt_val(b), fmt_ratio(r));
             }
+            if let Some(syms) = &self.syms {
+                for (k, m) in MEASUREMENTS.iter().enumerate() {
+                    let (vhost, veth) = s.profile(k, syms);
+                    o += &profile::text(m, &vhost, &veth);
+                }
+                o += "  (tick samples land where interrupts were enabled again: time with them off is \
+                      charged to the function that re-enabled them, e.g. _raw_spin_unlock_irqrestore)\n";
+            }
             for e in &s.errors {
                 o += &format!("  error: {e}\n");
             }
@@ -169,7 +190,7 @@ impl Report {
             reps: self.reps,
             fake_device: self.fake_device,
             clock_granularity_us: json_num(Some(self.clock_granularity.as_secs_f64() * 1e6)),
-            sets: self.sets.iter().map(JsonSet::from).collect(),
+            sets: self.sets.iter().map(|s| JsonSet::new(s, self.syms.as_ref())).collect(),
         };
         serde_json::to_string(&r).unwrap_or_else(|e| json_error(&format!("bench report as JSON: {e}")))
     }
@@ -211,6 +232,17 @@ struct JsonSet<'a> {
     /// The set's own errors, then each repetition's, labelled.
     errors: Vec<String>,
     figures: Vec<JsonFigure>,
+    /// With `--profile`: per measurement, both paths' summed windows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    profile: Option<Vec<JsonProfile>>,
+}
+
+#[derive(Serialize)]
+struct JsonProfile {
+    key: &'static str,
+    unit: &'static str,
+    vhost: JsonSummed,
+    veth: JsonSummed,
 }
 
 #[derive(Serialize)]
@@ -225,8 +257,8 @@ struct JsonFigure {
     veth_reps: Vec<Option<f64>>,
 }
 
-impl<'a> From<&'a SetReport> for JsonSet<'a> {
-    fn from(s: &'a SetReport) -> Self {
+impl<'a> JsonSet<'a> {
+    fn new(s: &'a SetReport, syms: Option<&Kallsyms>) -> Self {
         let figures = FIGURES
             .iter()
             .enumerate()
@@ -265,6 +297,16 @@ impl<'a> From<&'a SetReport> for JsonSet<'a> {
             notes: &s.notes,
             errors,
             figures,
+            profile: syms.map(|syms| {
+                MEASUREMENTS
+                    .iter()
+                    .enumerate()
+                    .map(|(k, m)| {
+                        let (vhost, veth) = s.profile(k, syms);
+                        JsonProfile { key: m.key, unit: m.unit, vhost: (&vhost).into(), veth: (&veth).into() }
+                    })
+                    .collect()
+            }),
         }
     }
 }
@@ -352,7 +394,7 @@ mod tests {
     }
 
     fn run(vals: &[f64]) -> PathRun {
-        PathRun { values: vals.iter().map(|v| Some(*v)).collect(), errors: Vec::new() }
+        PathRun { values: vals.iter().map(|v| Some(*v)).collect(), ..Default::default() }
     }
 
     fn report() -> Report {
@@ -381,7 +423,36 @@ mod tests {
                     ..Default::default()
                 },
             ],
+            syms: None,
         }
+    }
+
+    #[test]
+    fn profile_side_by_side_in_text_and_json() {
+        use super::profile::Window;
+        let syms = Kallsyms::parse("ffffffff81000000 T _stext\nffffffff81000100 T vhost_worker\nffffffff81000300 T veth_xmit\n")
+            .unwrap();
+        let mut r = report();
+        r.sets.truncate(1);
+        let w = |bucket: usize, packets: u64| {
+            let mut ws = vec![None; MEASUREMENTS.len()];
+            ws[2] = Some(Window { packets, units: 10.0, hits: vec![(bucket, 4)], step: 4, len: 0x100, ..Default::default() });
+            ws
+        };
+        r.sets[0].vhost.iter_mut().for_each(|run| run.windows = w(0x40, 20));
+        r.sets[0].veth.iter_mut().for_each(|run| run.windows = w(0xc0, 40));
+        assert!(!r.text().contains("profile:"), "no symbols, no profile");
+        r.syms = Some(syms);
+        let t = r.text();
+        assert!(t.contains("profile: UDP 1-byte req/resp (3 + 3 windows"), "{t}");
+        assert!(t.lines().any(|l| l.contains("vhost_worker") && l.contains("veth_xmit")), "{t}");
+        let v: Value = serde_json::from_str(&r.json()).unwrap();
+        let p = &v["sets"][0]["profile"];
+        assert_eq!(p.as_array().unwrap().len(), MEASUREMENTS.len());
+        assert_eq!(p[2]["key"], "udp_rr");
+        assert_eq!(p[2]["vhost"]["packets"], 60);
+        assert_eq!(p[2]["veth"]["top"][0], serde_json::json!(["veth_xmit", 12]));
+        assert!(report().json().find("\"profile\"").is_none(), "absent without --profile");
     }
 
     #[test]

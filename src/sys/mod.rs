@@ -11,11 +11,15 @@
 //! - [`virtio`]: virtio and vDPA devices in sysfs (which interface is ours,
 //!   what was negotiated);
 //! - [`kmsg`]: the kernel log (`/dev/kmsg`) and kmemleak;
-//! - [`caps`]: giving up CAP_NET_ADMIN (capset, a new user namespace).
+//! - [`caps`]: giving up CAP_NET_ADMIN (capset, a new user namespace);
+//! - [`kstat`], [`kprofile`]: kernel counters and the tick profile, for
+//!   `bench`.
 
 pub mod caps;
 pub mod ioctl;
 pub mod kmsg;
+pub mod kprofile;
+pub mod kstat;
 pub mod netns;
 pub mod tap;
 pub mod vhost;
