@@ -18,8 +18,8 @@ use nix::sys::socket::{
 use nix::sys::time::TimeVal;
 use serde_json::Value;
 use vhost_kernel_test::bench::figures::{icmp_rtt, measure_path, tcp_stream, udp_rr, Stop, StopOnDrop, FIGURES};
-use vhost_kernel_test::bench::setup_veth;
 use vhost_kernel_test::bench::profile::MEASUREMENTS;
+use vhost_kernel_test::bench::setup_veth;
 use vhost_kernel_test::net::icmp::{build_echo_request, parse_echo, ICMP6_ECHO_REPLY, ICMP6_ECHO_REQUEST};
 use vhost_kernel_test::sys::netns::{self, NetnsGuard};
 

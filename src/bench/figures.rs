@@ -480,11 +480,8 @@ fn windowed<T>(
 /// Measure every figure once over `path` (blocking); with `profile`, each
 /// measurement's window also holds the kernel's tick profile.
 pub fn measure_path(path: &Path, duration: Duration, limit: Duration, stop: &Stop, profile: bool) -> PathRun {
-    let mut run = PathRun {
-        values: vec![None; FIGURES.len()],
-        windows: vec![None; MEASUREMENTS.len()],
-        errors: Vec::new(),
-    };
+    let mut run =
+        PathRun { values: vec![None; FIGURES.len()], windows: vec![None; MEASUREMENTS.len()], errors: Vec::new() };
     let keep = |r: Result<Vec<f64>>, at: usize, run: &mut PathRun| match r {
         Ok(v) => v.into_iter().enumerate().for_each(|(i, x)| run.values[at + i] = Some(x)),
         Err(e) => run.errors.push(format!("{e:#}")),

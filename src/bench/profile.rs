@@ -37,7 +37,13 @@ pub struct Measurement {
     pub cpu_scale_us: f64,
 }
 
-const fn m(key: &'static str, label: &'static str, unit: &'static str, cpu_unit: &'static str, scale: f64) -> Measurement {
+const fn m(
+    key: &'static str,
+    label: &'static str,
+    unit: &'static str,
+    cpu_unit: &'static str,
+    scale: f64,
+) -> Measurement {
     Measurement { key, label, unit, cpu_unit, cpu_scale_us: scale }
 }
 
@@ -125,7 +131,9 @@ pub fn check_profiling() -> Result<kstat::SchedstatsOn> {
         ));
     }
     if !kstat::has_schedstats() {
-        return Err(anyhow!("no kernel.sched_schedstats: --profile needs CONFIG_SCHEDSTATS (selftests/vhost_kernel/config.profile)"));
+        return Err(anyhow!(
+            "no kernel.sched_schedstats: --profile needs CONFIG_SCHEDSTATS (selftests/vhost_kernel/config.profile)"
+        ));
     }
     Kallsyms::read().context("--profile names functions with /proc/kallsyms")?;
     kstat::SchedstatsOn::enable()
@@ -189,13 +197,16 @@ impl Summed {
             (format!("packets per {}", m.unit), (self.units > 0.0).then(|| self.packets as f64 / self.units)),
             (format!("guest CPU, us per {}", m.unit), per_unit(busy_us)),
             (format!("  of it kernel, us per {}", m.unit), per_unit(kernel_us)),
-            (format!("kernel samples (not idle), us per {}", m.unit), self.us_per_unit(self.samples - self.idle_samples)),
+            (
+                format!("kernel samples (not idle), us per {}", m.unit),
+                self.us_per_unit(self.samples - self.idle_samples),
+            ),
             ("context switches per packet".into(), self.per_packet(c.context_switches)),
             ("wake-ups per packet".into(), self.per_packet(c.wakeups)),
             ("  of them on another CPU".into(), self.per_packet(c.remote_wakeups)),
             ("interrupts per packet".into(), self.per_packet(c.interrupts)),
             ("  irq_work (IWI) per packet".into(), self.per_packet(c.irq_work_interrupts)),
-            ("  rescheduling IPIs per packet".into(), self.per_packet(c.resched_ipis)),
+            ("  IPIs to another CPU (RES + CAL) per packet".into(), self.per_packet(c.wake_ipis)),
             ("NET_RX softirqs per packet".into(), self.per_packet(c.net_rx_softirqs)),
             ("NET_TX softirqs per packet".into(), self.per_packet(c.net_tx_softirqs)),
         ]
@@ -265,7 +276,7 @@ pub struct JsonSummed {
     pub remote_wakeups: u64,
     pub interrupts: u64,
     pub irq_work_interrupts: u64,
-    pub resched_ipis: u64,
+    pub wake_ipis: u64,
     pub net_rx_softirqs: u64,
     pub net_tx_softirqs: u64,
     pub samples: u64,
@@ -288,7 +299,7 @@ impl From<&Summed> for JsonSummed {
             remote_wakeups: c.remote_wakeups,
             interrupts: c.interrupts,
             irq_work_interrupts: c.irq_work_interrupts,
-            resched_ipis: c.resched_ipis,
+            wake_ipis: c.wake_ipis,
             net_rx_softirqs: c.net_rx_softirqs,
             net_tx_softirqs: c.net_tx_softirqs,
             samples: s.samples,

@@ -430,13 +430,22 @@ mod tests {
     #[test]
     fn profile_side_by_side_in_text_and_json() {
         use super::profile::Window;
-        let syms = Kallsyms::parse("ffffffff81000000 T _stext\nffffffff81000100 T vhost_worker\nffffffff81000300 T veth_xmit\n")
-            .unwrap();
+        let syms = Kallsyms::parse(
+            "ffffffff81000000 T _stext\nffffffff81000100 T vhost_worker\nffffffff81000300 T veth_xmit\n",
+        )
+        .unwrap();
         let mut r = report();
         r.sets.truncate(1);
         let w = |bucket: usize, packets: u64| {
             let mut ws = vec![None; MEASUREMENTS.len()];
-            ws[2] = Some(Window { packets, units: 10.0, hits: vec![(bucket, 4)], step: 4, len: 0x100, ..Default::default() });
+            ws[2] = Some(Window {
+                packets,
+                units: 10.0,
+                hits: vec![(bucket, 4)],
+                step: 4,
+                len: 0x100,
+                ..Default::default()
+            });
             ws
         };
         r.sets[0].vhost.iter_mut().for_each(|run| run.windows = w(0x40, 20));

@@ -33,7 +33,8 @@ pub struct TickProfile {
 impl TickProfile {
     /// Clear the counters.
     pub fn reset() -> Result<()> {
-        let mut f = OpenOptions::new().write(true).open(PROC_PROFILE).with_context(|| format!("open {PROC_PROFILE}"))?;
+        let mut f =
+            OpenOptions::new().write(true).open(PROC_PROFILE).with_context(|| format!("open {PROC_PROFILE}"))?;
         // Not 4 bytes: a 4-byte write would set the profiling multiplier.
         f.write_all(b"0\n").with_context(|| format!("clear {PROC_PROFILE}"))
     }
@@ -108,7 +109,12 @@ impl Kallsyms {
     /// Hits summed per function; `buckets` are (index, hits) of a profile
     /// with `step` bytes per counter. The last counter also collects every
     /// address beyond the text (modules), so it is named as such.
-    pub fn attribute(&self, step: u64, len: usize, buckets: impl IntoIterator<Item = (usize, u64)>) -> HashMap<String, u64> {
+    pub fn attribute(
+        &self,
+        step: u64,
+        len: usize,
+        buckets: impl IntoIterator<Item = (usize, u64)>,
+    ) -> HashMap<String, u64> {
         let mut per_fn: HashMap<String, u64> = HashMap::new();
         for (i, hits) in buckets {
             let name = if i + 1 == len {

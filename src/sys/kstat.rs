@@ -1,9 +1,9 @@
-//! System-wide kernel counters that `bench --profile` takes before and after
-//! each figure: CPU time, context switches and interrupts (`/proc/stat`),
+//! System-wide kernel counters that `bench` takes before and after each
+//! measurement: CPU time, context switches and interrupts (`/proc/stat`),
 //! wake-ups (`/proc/schedstat`, with `kernel.sched_schedstats` on), the
-//! architecture's interrupt rows (`/proc/interrupts`: irq_work, rescheduling
-//! IPIs) and one interface's packets (`/proc/thread-self/net/dev`, read from
-//! inside its namespace).
+//! architecture's interrupt rows (`/proc/interrupts`: irq_work, and the
+//! rescheduling and function call IPIs) and one interface's packets
+//! (`/proc/thread-self/net/dev`, read from inside its namespace).
 //!
 //! Parsing is kept apart from reading, so the unit tests feed it text.
 
@@ -37,9 +37,11 @@ pub struct Counters {
     /// another CPU than the waker's (0 without schedstats).
     pub wakeups: u64,
     pub remote_wakeups: u64,
-    /// irq_work self-interrupts (`IWI`) and rescheduling IPIs (`RES`).
+    /// irq_work self-interrupts (`IWI`), and the IPIs that wake another
+    /// CPU: rescheduling (`RES`) and function call ones (`CAL`, which
+    /// carry queued remote wake-ups).
     pub irq_work_interrupts: u64,
-    pub resched_ipis: u64,
+    pub wake_ipis: u64,
 }
 
 impl Counters {
@@ -56,7 +58,7 @@ impl Counters {
             wakeups: d(self.wakeups, earlier.wakeups),
             remote_wakeups: d(self.remote_wakeups, earlier.remote_wakeups),
             irq_work_interrupts: d(self.irq_work_interrupts, earlier.irq_work_interrupts),
-            resched_ipis: d(self.resched_ipis, earlier.resched_ipis),
+            wake_ipis: d(self.wake_ipis, earlier.wake_ipis),
         }
     }
 
@@ -71,7 +73,7 @@ impl Counters {
         self.wakeups += other.wakeups;
         self.remote_wakeups += other.remote_wakeups;
         self.irq_work_interrupts += other.irq_work_interrupts;
-        self.resched_ipis += other.resched_ipis;
+        self.wake_ipis += other.wake_ipis;
     }
 
     /// Read them all now. Wake-ups stay 0 on a kernel without
@@ -84,7 +86,7 @@ impl Counters {
         }
         let irqs = fs::read_to_string(PROC_INTERRUPTS).with_context(|| format!("read {PROC_INTERRUPTS}"))?;
         c.irq_work_interrupts = interrupt_row(&irqs, "IWI").unwrap_or(0);
-        c.resched_ipis = interrupt_row(&irqs, "RES").unwrap_or(0);
+        c.wake_ipis = interrupt_row(&irqs, "RES").unwrap_or(0) + interrupt_row(&irqs, "CAL").unwrap_or(0);
         Ok(c)
     }
 }
@@ -284,10 +286,10 @@ mod tests {
 
     #[test]
     fn differences_and_sums() {
-        let a = Counters { busy_ticks: 10, wakeups: 5, resched_ipis: 3, ..Default::default() };
-        let b = Counters { busy_ticks: 25, wakeups: 4, resched_ipis: 7, ..Default::default() };
+        let a = Counters { busy_ticks: 10, wakeups: 5, wake_ipis: 3, ..Default::default() };
+        let b = Counters { busy_ticks: 25, wakeups: 4, wake_ipis: 7, ..Default::default() };
         let d = b.since(&a);
-        assert_eq!((d.busy_ticks, d.wakeups, d.resched_ipis), (15, 0, 4));
+        assert_eq!((d.busy_ticks, d.wakeups, d.wake_ipis), (15, 0, 4));
         let mut s = d;
         s.add(&d);
         assert_eq!(s.busy_ticks, 30);
