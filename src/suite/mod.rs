@@ -11,6 +11,7 @@ pub mod adversarial;
 pub mod attach;
 pub mod child;
 pub mod contract_v2;
+pub mod contract_v3;
 pub mod fault_inject;
 pub mod kernel_log;
 pub mod races;
@@ -137,6 +138,7 @@ async fn run_one(name: &str, opts: &RunOpts, diag: &mut dyn FnMut(String)) -> Po
         }
         Body::Attach(check) => run_check(check, opts.timeout).await?,
         Body::ContractV2(check) => contract_v2::run_v2_check(check, opts, diag).await?,
+        Body::ContractV3(check) => contract_v3::run_v3_check(check, opts.timeout, diag)?,
         Body::CloseLoop => {
             races::attach_close_loop(opts.cycles, opts.timeout, diag).await?;
             Outcome::Pass

@@ -10,6 +10,7 @@ use crate::sys::kmsg::{kmemleak_unavailable, LEAK_CHECK};
 use super::adversarial::Adversarial;
 use super::attach::Check;
 use super::contract_v2::{Refusal, Unprivileged, V2Check};
+use super::contract_v3::V3Check;
 use super::kernel_log::BETWEEN_POINTS;
 use super::scenario::Teardown;
 
@@ -20,6 +21,8 @@ pub enum Body {
     Attach(Check),
     /// A check of what series v2 adds to the contract (suite/contract_v2.rs).
     ContractV2(V2Check),
+    /// A check of what series v3 changes in the contract (suite/contract_v3.rs).
+    ContractV3(V3Check),
     /// A teardown scenario under traffic (suite/scenario.rs);
     /// `vhost_hdr`: vhost adds and strips the virtio-net header.
     Scenario { teardown: Teardown, vhost_hdr: bool },
@@ -243,6 +246,12 @@ pub const POINTS: &[TestPoint] = &[
         help: "threads hammer the configuring ioctls of both nodes\n during the attach; each result as the contract allows\n for its time; traffic after; again with RESET_OWNER",
     },
     TestPoint {
+        name: "kernel_worker_no_owner_mm",
+        body: Body::ContractV3(V3Check::WorkerWithoutOwnerMm),
+        needs: Needs::Devices,
+        help: "(v3) SET_OWNER on the kernel node makes one worker: a\n kernel thread, not the owner's, with no address space;\n NEW_WORKER refused; the worker goes with the close",
+    },
+    TestPoint {
         name: LEAK_CHECK,
         body: Body::LeakCheck,
         needs: Needs::Nothing,
@@ -335,7 +344,9 @@ mod tests {
     fn needs_follow_what_a_point_does() {
         for p in POINTS {
             let want = match p.body {
-                Body::Attach(_) | Body::ContractV2(_) | Body::CloseLoop | Body::FaultSweep => Needs::Devices,
+                Body::Attach(_) | Body::ContractV2(_) | Body::ContractV3(_) | Body::CloseLoop | Body::FaultSweep => {
+                    Needs::Devices
+                }
                 Body::Scenario { vhost_hdr: true, .. } => Needs::RealVirtio,
                 Body::Scenario { teardown, .. } => match teardown {
                     Teardown::Unbind | Teardown::UnbindRebind | Teardown::RebindRepeated => Needs::RealVirtio,

@@ -96,6 +96,8 @@ pub const VHOST_RESET_OWNER: u32 = io(VHOST_VIRTIO, 0x02);
 pub const VHOST_SET_MEM_TABLE: u32 = iow::<VhostMemory>(VHOST_VIRTIO, 0x03);
 pub const VHOST_SET_LOG_BASE: u32 = iow::<u64>(VHOST_VIRTIO, 0x04);
 pub const VHOST_SET_LOG_FD: u32 = iow::<libc::c_int>(VHOST_VIRTIO, 0x07);
+/// A new worker; the kernel writes its id (`struct vhost_worker_state`, one u32).
+pub const VHOST_NEW_WORKER: u32 = ior::<u32>(VHOST_VIRTIO, 0x08);
 pub const VHOST_SET_VRING_NUM: u32 = iow::<VhostVringState>(VHOST_VIRTIO, 0x10);
 pub const VHOST_SET_VRING_ADDR: u32 = iow::<VhostVringAddr>(VHOST_VIRTIO, 0x11);
 pub const VHOST_SET_VRING_BASE: u32 = iow::<VhostVringState>(VHOST_VIRTIO, 0x12);
@@ -225,6 +227,7 @@ pub fn name(req: u32) -> &'static str {
         VHOST_SET_MEM_TABLE => "VHOST_SET_MEM_TABLE",
         VHOST_SET_LOG_BASE => "VHOST_SET_LOG_BASE",
         VHOST_SET_LOG_FD => "VHOST_SET_LOG_FD",
+        VHOST_NEW_WORKER => "VHOST_NEW_WORKER",
         VHOST_SET_VRING_NUM => "VHOST_SET_VRING_NUM",
         VHOST_SET_VRING_ADDR => "VHOST_SET_VRING_ADDR",
         VHOST_SET_VRING_BASE => "VHOST_SET_VRING_BASE",
@@ -265,6 +268,7 @@ mod tests {
         assert_eq!(VHOST_SET_MEM_TABLE, 0x4008_AF03);
         assert_eq!(VHOST_SET_LOG_BASE, 0x4008_AF04);
         assert_eq!(VHOST_SET_LOG_FD, 0x4004_AF07);
+        assert_eq!(VHOST_NEW_WORKER, 0x8004_AF08);
         assert_eq!(VHOST_SET_VRING_NUM, 0x4008_AF10);
         assert_eq!(VHOST_SET_VRING_ADDR, 0x4028_AF11);
         assert_eq!(VHOST_SET_VRING_BASE, 0x4008_AF12);

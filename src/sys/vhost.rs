@@ -88,6 +88,15 @@ impl VhostNetKernel {
             .with_context(|| self.ctx(ioctl::VHOST_SET_OWNER))
     }
 
+    /// VHOST_NEW_WORKER: the id of the new worker.
+    pub fn new_worker(&self) -> Result<u32> {
+        let mut id = 0u32;
+        // SAFETY: VHOST_NEW_WORKER writes one struct vhost_worker_state (a u32) at the argument.
+        unsafe { ioctl::ioctl_with_mut(self.file.as_fd(), ioctl::VHOST_NEW_WORKER, &mut id) }
+            .with_context(|| self.ctx(ioctl::VHOST_NEW_WORKER))?;
+        Ok(id)
+    }
+
     pub fn get_features(&self) -> Result<u64> {
         let mut f = 0u64;
         // SAFETY: VHOST_GET_FEATURES writes one u64 at the argument.
