@@ -1,6 +1,6 @@
 #!/bin/bash
 # Prove that the tests catch broken kernels: build each deliberately broken
-# vktest variant of kernel-patches/faults/ (scripts/vmtest --fault NAME), run
+# variant of kernel-patches/faults/ (scripts/vmtest --fault NAME), run
 # a few test points on it and check that the run fails the way it should.
 #
 # usage: scripts/test-faults.sh [--normal-only] [--harness BIN] [--jobs N]
@@ -58,6 +58,10 @@
 #                   panics the guest at once (fail fast), vmtest names
 #                   teardown_exit and decodes the trace to
 #                   vktest_release (drivers/vdpa/vktest/vktest.c:N)
+#   worker-owner-thread
+#                   normal  kernel_worker_no_owner_mm: not ok (the worker
+#                   of a kernel device is a vhost_task again: a thread of
+#                   the owner, in its address space)
 # A variant is caught when vmtest exits non-zero, a test point it names is
 # "not ok" or is the one vmtest names as running when the kernel crashed
 # (fail fast: a panic, or the guest stopped after a report; for variants
@@ -88,6 +92,7 @@ VARIANTS=(
 	"missing-unlock|debug|240|--test attach_without_kick_call_einval|attach_without_kick_call_einval|lock held when returning to user space|possible recursive locking|yes"
 	"leak-eventfd|debug|900|--test attach_once --test teardown_exit --count 3|kmemleak_check|unreferenced object|no"
 	"null-deref-release|normal|300|--test attach_once --test teardown_exit --count 1|teardown_exit|vktest_release [(]drivers/vdpa/vktest/vktest[.]c:[0-9]+[)]|no"
+	"worker-owner-thread|normal|300|--test kernel_worker_no_owner_mm|kernel_worker_no_owner_mm||no"
 )
 
 OPT_NORMAL_ONLY=0
