@@ -64,7 +64,9 @@ guest_csum, guest_tso4, guest_tso6, host_tso4, host_tso6, mrg_rxbuf (or
 `offloads` for all of them) and the ring features indirect_desc, event_idx (or
 `ring` for both). vhost-net gets the bits it implements (version_1,
 access_platform, mrg_rxbuf and the ring features), vktest (VKTEST_SET_FEATURES)
-offers virtio-net the whole set.";
+offers virtio-net the whole set. `busypoll` (or `busypoll=US`) is no feature
+bit: both vhost queues busy-poll 50 (or US) microseconds
+(VHOST_SET_VRING_BUSYLOOP_TIMEOUT before the attach).";
 
 const FUZZ_ABOUT: &str = "\
 Random but valid-shaped sequences of the ioctls of /dev/vhost-net-kernel and
@@ -91,17 +93,21 @@ device or fd is left. The seed is the first diagnostic line. Exit: 0 pass,
 
 const BENCH_ABOUT: &str = "\
 Benchmark the kernel-buffer vhost path against a veth pair (same kernel, same
-moment). For each feature set (default: rfc, then offloads and offloads,ring
-if /dev/vhost-net-kernel and vktest offer them) a `serve` child is started
-with that set and TAP offloads derived from it; its TAP goes to <PREFIX>h2g
+moment). For each feature set (default: rfc, then offloads, offloads,ring and
+offloads,ring,busypoll if /dev/vhost-net-kernel and vktest offer them) a
+`serve` child is started with that set and TAP offloads derived from it
+(busypoll: both vhost queues busy-poll 50 us, VHOST_SET_VRING_BUSYLOOP_TIMEOUT); its TAP goes to <PREFIX>h2g
 (fe80::) and its virtio-net interface to <PREFIX>g2h (fe80::1). The baseline
 is a veth pair between <PREFIX>vb-a (fe80::) and <PREFIX>vb-b (fe80::1).
 
 Figures, each measured for --duration seconds by threads of this process
 inside the namespaces: TCP stream h2g->g2h and g2h->h2g (bytes counted by the
 receiver), UDP 1-byte request/response (one outstanding), ICMPv6 echo round
-trip of 64 and 20000 bytes (min/median/p99). Repetitions alternate vhost and
-veth; the table shows medians and the ratio vhost/veth. The features the
+trip of 64 and 20000 bytes (min/median/p99), and for each of these the guest
+CPU time per MB, transaction or echo (/proc/stat). Repetitions alternate vhost
+and veth; the table shows medians and the ratio vhost/veth. --profile adds,
+per measurement, where each path spent its kernel time (the top functions of
+the tick profile, context switches, wake-ups and interrupts per packet). The features the
 virtio-net driver negotiated are read from /sys/bus/virtio/devices/DEV/features
 and shown, with any that were asked for but not negotiated.
 
@@ -421,7 +427,7 @@ pub struct BenchArgs {
     /// Repetitions (medians are reported).
     #[arg(long, default_value_t = 3)]
     pub reps: u32,
-    /// Only this feature set (default: rfc, offloads and offloads,ring).
+    /// Only this feature set (default: rfc, offloads, offloads,ring and offloads,ring,busypoll).
     #[arg(long, value_name = "SET")]
     pub features: Option<FeatureSet>,
     /// One JSON object on stdout instead of the table (no progress on stderr).

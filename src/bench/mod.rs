@@ -44,7 +44,8 @@ pub struct BenchOpts {
     pub duration: Duration,
     /// Repetitions (vhost and veth alternate).
     pub reps: u32,
-    /// One feature set, or None for `rfc`, `offloads` and `offloads,ring` (if vhost offers them).
+    /// One feature set, or None for `rfc`, `offloads`, `offloads,ring` and
+    /// `offloads,ring,busypoll` (those vhost offers).
     pub features: Option<FeatureSet>,
     pub json: bool,
     /// Namespace names: <prefix>h2g, <prefix>g2h, <prefix>vb-a, <prefix>vb-b.
@@ -213,7 +214,7 @@ pub async fn run_bench(opts: &BenchOpts) -> Result<Report> {
 
     let sets = match &opts.features {
         Some(s) => vec![s.clone()],
-        None => vec![FeatureSet::rfc(), FeatureSet::offloads(), FeatureSet::offloads_and_ring()],
+        None => vec![FeatureSet::rfc(), FeatureSet::offloads(), FeatureSet::offloads_and_ring(), FeatureSet::best()],
     };
     let mut report = Report {
         duration: opts.duration,

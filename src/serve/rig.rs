@@ -120,6 +120,9 @@ impl Rig {
         };
         for q in [RX_QUEUE, TX_QUEUE] {
             vhost.set_backend(q, tap.as_fd())?;
+            if opts.features.busypoll_us > 0 {
+                vhost.set_vring_busyloop_timeout(q, opts.features.busypoll_us)?;
+            }
         }
         Ok(Rig { vhost, vktest, tap, efds })
     }

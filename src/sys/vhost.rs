@@ -299,14 +299,21 @@ pub fn feature_names(bits: u64) -> Vec<String> {
 
 /// A feature set for VHOST_SET_FEATURES: `rfc` (the RFC's bits) or a comma
 /// list of [`NET_FEATURES`] and [`RING_FEATURES_NAMED`] names (or `offloads`
-/// and `ring`, all of either) added to it.
+/// and `ring`, all of either) added to it; `busypoll[=US]` is no virtio
+/// feature but vhost's busy polling of both queues (before the attach).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FeatureSet {
     /// Canonical spelling: `rfc`, or `offloads` / `ring` for a complete
-    /// group and the names of the other bits in bit order.
+    /// group and the names of the other bits in bit order; then
+    /// `busypoll` (or `busypoll=US`) if set.
     pub name: String,
     pub bits: u64,
+    /// VHOST_SET_VRING_BUSYLOOP_TIMEOUT of both queues, microseconds (0: none).
+    pub busypoll_us: u32,
 }
+
+/// What `busypoll` alone means: QEMU users' usual vhost-net setting.
+pub const BUSYPOLL_US: u32 = 50;
 
 impl Default for FeatureSet {
     fn default() -> Self {
@@ -316,11 +323,11 @@ impl Default for FeatureSet {
 
 impl FeatureSet {
     pub fn rfc() -> Self {
-        FeatureSet { name: "rfc".into(), bits: RFC_FEATURES }
+        FeatureSet { name: "rfc".into(), bits: RFC_FEATURES, busypoll_us: 0 }
     }
 
     pub fn offloads() -> Self {
-        FeatureSet { name: "offloads".into(), bits: RFC_FEATURES | OFFLOAD_FEATURES }
+        FeatureSet { name: "offloads".into(), bits: RFC_FEATURES | OFFLOAD_FEATURES, busypoll_us: 0 }
     }
 
     /// Everything vktest can offer: the offloads and the ring features.
@@ -337,10 +344,37 @@ impl FeatureSet {
         self.bits & VHOST_NET_BITS
     }
 
-    /// Parse `rfc`, `offloads`, `offloads,ring`, or e.g. `csum,guest_csum,mrg_rxbuf`.
+    /// Everything vktest can offer, with busy polling.
+    pub fn best() -> Self {
+        Self::offloads_and_ring().with_busypoll(BUSYPOLL_US)
+    }
+
+    /// The same set with both queues busy-polling `us` microseconds.
+    pub fn with_busypoll(mut self, us: u32) -> Self {
+        self = Self::from_bits(self.bits);
+        if us > 0 {
+            let word = if us == BUSYPOLL_US { "busypoll".to_string() } else { format!("busypoll={us}") };
+            self.name = format!("{},{word}", self.name);
+        }
+        self.busypoll_us = us;
+        self
+    }
+
+    /// Parse `rfc`, `offloads`, `offloads,ring`, or e.g. `csum,guest_csum,mrg_rxbuf`,
+    /// each optionally with `busypoll` or `busypoll=US`.
     pub fn parse(spec: &str) -> Result<Self> {
         let mut bits = RFC_FEATURES;
+        let mut busypoll_us = 0;
         for word in spec.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            if word == "busypoll" {
+                busypoll_us = BUSYPOLL_US;
+                continue;
+            }
+            if let Some(us) = word.strip_prefix("busypoll=") {
+                busypoll_us =
+                    us.parse().map_err(|_| anyhow::anyhow!("busypoll={us:?} in {spec:?}: microseconds expected"))?;
+                continue;
+            }
             bits |= match word {
                 "rfc" => RFC_FEATURES,
                 "offloads" => OFFLOAD_FEATURES,
@@ -348,13 +382,13 @@ impl FeatureSet {
                 _ => optional_named().find(|(n, _)| *n == word).map(|(_, b)| *b).ok_or_else(|| {
                     let names: Vec<&str> = optional_named().map(|(n, _)| *n).collect();
                     anyhow::anyhow!(
-                        "unknown feature {word:?} in {spec:?} (valid: rfc, offloads, ring, {})",
+                        "unknown feature {word:?} in {spec:?} (valid: rfc, offloads, ring, {}, busypoll[=US])",
                         names.join(", ")
                     )
                 })?,
             };
         }
-        Ok(Self::from_bits(bits))
+        Ok(Self::from_bits(bits).with_busypoll(busypoll_us))
     }
 
     /// The part of the set that works without a TAP vnet header: what
@@ -373,7 +407,7 @@ impl FeatureSet {
         };
         let words = [group(OFFLOAD_FEATURES, "offloads"), group(RING_FEATURES, "ring")].concat();
         let name = if words.is_empty() { "rfc".to_string() } else { words.join(",") };
-        FeatureSet { name, bits }
+        FeatureSet { name, bits, busypoll_us: 0 }
     }
 }
 
@@ -406,6 +440,20 @@ pub fn vktest_features_valid(bits: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn busypoll_is_part_of_the_set() {
+        let b = FeatureSet::parse("offloads,ring,busypoll").unwrap();
+        assert_eq!(b, FeatureSet::best());
+        assert_eq!((b.name.as_str(), b.busypoll_us), ("offloads,ring,busypoll", BUSYPOLL_US));
+        assert_eq!(b.bits, FeatureSet::offloads_and_ring().bits);
+        let r = FeatureSet::parse("busypoll=200").unwrap();
+        assert_eq!((r.name.as_str(), r.busypoll_us, r.is_rfc()), ("rfc,busypoll=200", 200, true));
+        assert_eq!(FeatureSet::parse(&r.name).unwrap(), r, "the name parses back");
+        assert_eq!(FeatureSet::parse("rfc,busypoll=0").unwrap(), FeatureSet::rfc());
+        assert!(FeatureSet::parse("busypoll=fast").is_err());
+        assert_eq!(FeatureSet::offloads().busypoll_us, 0);
+    }
 
     #[test]
     fn feature_sets_parse() {
