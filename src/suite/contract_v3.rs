@@ -1,7 +1,8 @@
 //! Test points for what series v3 (issue 15) changes in the contract: the
 //! worker of a kernel device is a kernel thread that does not share the
-//! owner's address space, and no further worker can be made (kernel
-//! threads are not accounted to the owner). On a v2 kernel the point
+//! owner's address space, whatever VHOST_SET_FORK_FROM_OWNER asks, and no
+//! further worker can be made (kernel threads are not accounted to the
+//! owner). On a v2 kernel the point
 //! fails: the worker is a thread of the owner with the owner's mm. Whether
 //! a kernel thread borrows the owner's mm (kthread_use_mm) is not visible
 //! from user space (/proc shows no memory for any kernel thread); `bench
@@ -16,13 +17,18 @@ use nix::errno::Errno;
 
 use crate::errno_of;
 use crate::report::ktap::Outcome;
-use crate::sys::vhost::{VhostNetKernel, VHOST_NET_KERNEL_PATH};
+use crate::serve::rig::Rig;
+use crate::serve::ServeOpts;
+use crate::sys::ioctl::{VHOST_FORK_OWNER_KTHREAD, VHOST_FORK_OWNER_TASK};
+use crate::sys::vhost::VhostNetKernel;
+use crate::sys::virtio::vdpa_devices;
 
 /// One test point of this file (see suite/registry.rs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum V3Check {
     /// The worker made by VHOST_SET_OWNER: a kernel thread without an mm,
-    /// no VHOST_NEW_WORKER, and gone once the device is closed.
+    /// no other kind or number of workers, and gone once the device is
+    /// closed, before and after a vktest took it over.
     WorkerWithoutOwnerMm,
 }
 
@@ -67,20 +73,22 @@ fn wait_gone(tid: u32, limit: Duration) -> bool {
     true
 }
 
-/// `kernel_worker_no_owner_mm`.
-fn worker_without_owner_mm(limit: Duration, diag: &mut dyn FnMut(String)) -> Result<Outcome> {
-    let comm = format!("vhost-{}", std::process::id());
-    let before = tasks_named(&comm)?;
-    let v = VhostNetKernel::open()?;
-    v.set_owner()?;
-    let new: Vec<u32> = tasks_named(&comm)?.difference(&before).copied().collect();
-    let [tid] = new[..] else {
-        bail!("VHOST_SET_OWNER on {VHOST_NET_KERNEL_PATH}: expected one new task named {comm}, found {new:?}");
-    };
+/// The one task named `comm` that is not in `before`.
+fn new_task(before: &BTreeSet<u32>, comm: &str, after: &str) -> Result<u32> {
+    let new: Vec<u32> = tasks_named(comm)?.difference(before).copied().collect();
+    match new[..] {
+        [tid] => Ok(tid),
+        _ => bail!("{after}: expected one new task named {comm}, found {new:?}"),
+    }
+}
+
+/// What is wrong with worker `tid`: a thread of ours, an address space of
+/// its own, or a parent other than kthreadd (pid 2).
+fn worker_faults(tid: u32, diag: &mut dyn FnMut(String)) -> Result<Vec<String>> {
     let status =
         fs::read_to_string(format!("/proc/{tid}/status")).with_context(|| format!("read /proc/{tid}/status"))?;
     let ppid = status.lines().find_map(|l| l.strip_prefix("PPid:")).map(str::trim).unwrap_or("?").to_string();
-    diag(format!("worker {comm}: task {tid}, parent {ppid}"));
+    diag(format!("worker task {tid}, parent {ppid}"));
     let mut wrong = Vec::new();
     if std::path::Path::new(&format!("/proc/self/task/{tid}")).exists() {
         wrong.push(format!("the worker (task {tid}) is a thread of the owner process"));
@@ -88,18 +96,69 @@ fn worker_without_owner_mm(limit: Duration, diag: &mut dyn FnMut(String)) -> Res
     if has_address_space(&status) {
         wrong.push(format!("the worker has an address space (VmSize in /proc/{tid}/status)"));
     }
-    // vhost-net has no worker ioctls (ENOTTY); the core refuses a new
-    // worker on a kernel device for the drivers that have them.
-    match v.new_worker() {
-        Ok(id) => wrong.push(format!("VHOST_NEW_WORKER made worker {id}: kernel threads nobody accounts")),
+    if ppid != "2" {
+        wrong.push(format!("the worker's parent is {ppid}, not kthreadd (2)"));
+    }
+    Ok(wrong)
+}
+
+/// An errno the check expects, or ENOTTY where the kernel lacks the ioctl
+/// (said as a diagnostic); anything else is a fault.
+fn refused(r: Result<()>, want: Errno, what: &str, diag: &mut dyn FnMut(String)) -> Option<String> {
+    match r {
+        Ok(()) => Some(format!("{what} succeeded, expected {want}")),
         Err(e) => match errno_of(&e) {
-            Some(Errno::ENOTTY | Errno::EOPNOTSUPP) => {}
-            _ => wrong.push(format!("VHOST_NEW_WORKER: {e:#}, expected ENOTTY or EOPNOTSUPP")),
+            Some(got) if got == want => None,
+            Some(Errno::ENOTTY) if what.contains("FORK_FROM_OWNER") => {
+                diag(format!("{what}: ENOTTY (CONFIG_VHOST_ENABLE_FORK_OWNER_CONTROL is off)"));
+                None
+            }
+            _ => Some(format!("{what}: {e:#}, expected {want}")),
         },
     }
+}
+
+/// `kernel_worker_no_owner_mm`, on a device that is only owned, then on
+/// one a vktest took over.
+fn worker_without_owner_mm(limit: Duration, diag: &mut dyn FnMut(String)) -> Result<Outcome> {
+    // The worker is named after the thread that calls VHOST_SET_OWNER.
+    let comm = format!("vhost-{}", nix::unistd::gettid());
+    let mut wrong = Vec::new();
+
+    let before = tasks_named(&comm)?;
+    let v = VhostNetKernel::open()?;
+    let set_task = v.set_fork_from_owner(VHOST_FORK_OWNER_TASK);
+    wrong.extend(refused(set_task, Errno::EOPNOTSUPP, "VHOST_SET_FORK_FROM_OWNER(TASK)", diag));
+    v.set_owner()?;
+    match v.get_fork_from_owner() {
+        Ok(VHOST_FORK_OWNER_KTHREAD) => {}
+        Ok(kind) => wrong.push(format!("VHOST_GET_FORK_FROM_OWNER says {kind}, not KTHREAD (0)")),
+        Err(e) => wrong.extend(refused(Err(e), Errno::ENOTTY, "VHOST_GET_FORK_FROM_OWNER", diag)),
+    }
+    let tid = new_task(&before, &comm, "VHOST_SET_OWNER")?;
+    wrong.extend(worker_faults(tid, diag)?);
+    wrong.extend(refused(v.new_worker().map(|_| ()), Errno::EOPNOTSUPP, "VHOST_NEW_WORKER", diag));
     drop(v);
     if !wait_gone(tid, limit) {
         wrong.push(format!("the worker (task {tid}) is still there {:.0}s after the close", limit.as_secs_f64()));
+    }
+
+    // Taken over: the worker is the same, and goes when vktest lets go.
+    let before = tasks_named(&comm)?;
+    let rig = Rig::prepare(&ServeOpts::default())?;
+    let tid = new_task(&before, &comm, "the serve flow")?;
+    rig.attach().context("VKTEST_ATTACH_VHOST")?;
+    diag(format!(
+        "attached to {}",
+        vdpa_devices().map(|d| d.into_iter().collect::<Vec<_>>().join(",")).unwrap_or_default()
+    ));
+    wrong.extend(worker_faults(tid, diag)?);
+    drop(rig);
+    if !wait_gone(tid, limit) {
+        wrong.push(format!(
+            "the worker (task {tid}) of the attached device is still there {:.0}s after closing both nodes",
+            limit.as_secs_f64()
+        ));
     }
     if !wrong.is_empty() {
         bail!("{}", wrong.join("; "));

@@ -249,7 +249,7 @@ pub const POINTS: &[TestPoint] = &[
         name: "kernel_worker_no_owner_mm",
         body: Body::ContractV3(V3Check::WorkerWithoutOwnerMm),
         needs: Needs::Devices,
-        help: "(v3) SET_OWNER on the kernel node makes one worker: a\n kernel thread, not the owner's, with no address space;\n NEW_WORKER refused; the worker goes with the close",
+        help: "(v3) SET_OWNER on the kernel node makes one worker: a\n kernel thread (parent kthreadd) with no address space;\n FORK_FROM_OWNER(TASK), NEW_WORKER: EOPNOTSUPP; it goes\n with the close, attached or not",
     },
     TestPoint {
         name: LEAK_CHECK,

@@ -98,6 +98,12 @@ pub const VHOST_SET_LOG_BASE: u32 = iow::<u64>(VHOST_VIRTIO, 0x04);
 pub const VHOST_SET_LOG_FD: u32 = iow::<libc::c_int>(VHOST_VIRTIO, 0x07);
 /// A new worker; the kernel writes its id (`struct vhost_worker_state`, one u32).
 pub const VHOST_NEW_WORKER: u32 = ior::<u32>(VHOST_VIRTIO, 0x08);
+/// Whether workers are vhost_tasks of the owner (1) or kernel threads (0);
+/// CONFIG_VHOST_ENABLE_FORK_OWNER_CONTROL.
+pub const VHOST_SET_FORK_FROM_OWNER: u32 = iow::<u8>(VHOST_VIRTIO, 0x84);
+pub const VHOST_GET_FORK_FROM_OWNER: u32 = ior::<u8>(VHOST_VIRTIO, 0x85);
+pub const VHOST_FORK_OWNER_KTHREAD: u8 = 0;
+pub const VHOST_FORK_OWNER_TASK: u8 = 1;
 pub const VHOST_SET_VRING_NUM: u32 = iow::<VhostVringState>(VHOST_VIRTIO, 0x10);
 pub const VHOST_SET_VRING_ADDR: u32 = iow::<VhostVringAddr>(VHOST_VIRTIO, 0x11);
 pub const VHOST_SET_VRING_BASE: u32 = iow::<VhostVringState>(VHOST_VIRTIO, 0x12);
@@ -228,6 +234,8 @@ pub fn name(req: u32) -> &'static str {
         VHOST_SET_LOG_BASE => "VHOST_SET_LOG_BASE",
         VHOST_SET_LOG_FD => "VHOST_SET_LOG_FD",
         VHOST_NEW_WORKER => "VHOST_NEW_WORKER",
+        VHOST_SET_FORK_FROM_OWNER => "VHOST_SET_FORK_FROM_OWNER",
+        VHOST_GET_FORK_FROM_OWNER => "VHOST_GET_FORK_FROM_OWNER",
         VHOST_SET_VRING_NUM => "VHOST_SET_VRING_NUM",
         VHOST_SET_VRING_ADDR => "VHOST_SET_VRING_ADDR",
         VHOST_SET_VRING_BASE => "VHOST_SET_VRING_BASE",
@@ -269,6 +277,8 @@ mod tests {
         assert_eq!(VHOST_SET_LOG_BASE, 0x4008_AF04);
         assert_eq!(VHOST_SET_LOG_FD, 0x4004_AF07);
         assert_eq!(VHOST_NEW_WORKER, 0x8004_AF08);
+        assert_eq!(VHOST_SET_FORK_FROM_OWNER, 0x4001_AF84);
+        assert_eq!(VHOST_GET_FORK_FROM_OWNER, 0x8001_AF85);
         assert_eq!(VHOST_SET_VRING_NUM, 0x4008_AF10);
         assert_eq!(VHOST_SET_VRING_ADDR, 0x4028_AF11);
         assert_eq!(VHOST_SET_VRING_BASE, 0x4008_AF12);

@@ -97,6 +97,22 @@ impl VhostNetKernel {
         Ok(id)
     }
 
+    /// VHOST_SET_FORK_FROM_OWNER: what kind of task the worker will be.
+    pub fn set_fork_from_owner(&self, kind: u8) -> Result<()> {
+        // SAFETY: VHOST_SET_FORK_FROM_OWNER reads one u8.
+        unsafe { ioctl::ioctl_with_ref(self.file.as_fd(), ioctl::VHOST_SET_FORK_FROM_OWNER, &kind) }
+            .with_context(|| self.ctx(ioctl::VHOST_SET_FORK_FROM_OWNER))
+    }
+
+    /// VHOST_GET_FORK_FROM_OWNER.
+    pub fn get_fork_from_owner(&self) -> Result<u8> {
+        let mut kind = 0u8;
+        // SAFETY: VHOST_GET_FORK_FROM_OWNER writes one u8 at the argument.
+        unsafe { ioctl::ioctl_with_mut(self.file.as_fd(), ioctl::VHOST_GET_FORK_FROM_OWNER, &mut kind) }
+            .with_context(|| self.ctx(ioctl::VHOST_GET_FORK_FROM_OWNER))?;
+        Ok(kind)
+    }
+
     pub fn get_features(&self) -> Result<u64> {
         let mut f = 0u64;
         // SAFETY: VHOST_GET_FEATURES writes one u64 at the argument.
