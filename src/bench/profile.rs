@@ -193,7 +193,7 @@ impl Summed {
         let kernel_us = c.kernel_ticks as f64 * US_PER_USER_TICK;
         let per_unit = |us: f64| (self.units > 0.0).then(|| us / self.units);
         vec![
-            (format!("{}s measured", m.unit), Some(self.units)),
+            ("units of work measured".into(), Some(self.units)),
             (format!("packets per {}", m.unit), (self.units > 0.0).then(|| self.packets as f64 / self.units)),
             (format!("guest CPU, us per {}", m.unit), per_unit(busy_us)),
             (format!("  of it kernel, us per {}", m.unit), per_unit(kernel_us)),
