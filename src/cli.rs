@@ -96,8 +96,9 @@ Benchmark the kernel-buffer vhost path against a veth pair (same kernel, same
 moment). For each feature set (default: rfc, then offloads, offloads,ring and
 offloads,ring,busypoll if /dev/vhost-net-kernel and vktest offer them) a
 `serve` child is started with that set and TAP offloads derived from it
-(busypoll: both vhost queues busy-poll 50 us, VHOST_SET_VRING_BUSYLOOP_TIMEOUT); its TAP goes to <PREFIX>h2g
-(fe80::) and its virtio-net interface to <PREFIX>g2h (fe80::1). The baseline
+(busypoll: both vhost queues busy-poll 50 us, VHOST_SET_VRING_BUSYLOOP_TIMEOUT);
+its TAP goes to <PREFIX>h2g (fe80::) and its virtio-net interface to
+<PREFIX>g2h (fe80::1). The baseline
 is a veth pair between <PREFIX>vb-a (fe80::) and <PREFIX>vb-b (fe80::1).
 
 Figures, each measured for --duration seconds by threads of this process
@@ -107,9 +108,10 @@ trip of 64 and 20000 bytes (min/median/p99), and for each of these the guest
 CPU time per MB, transaction or echo (/proc/stat). Repetitions alternate vhost
 and veth; the table shows medians and the ratio vhost/veth. --profile adds,
 per measurement, where each path spent its kernel time (the top functions of
-the tick profile, context switches, wake-ups and interrupts per packet). The features the
-virtio-net driver negotiated are read from /sys/bus/virtio/devices/DEV/features
-and shown, with any that were asked for but not negotiated.
+the tick profile, context switches, wake-ups and interrupts per packet). The
+features the virtio-net driver negotiated are read from
+/sys/bus/virtio/devices/DEV/features and shown, with any that were asked for
+but not negotiated.
 
 Exit: 0 everything measured, 1 a figure or set failed, 4 the devices (or root)
 are missing.";

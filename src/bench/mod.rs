@@ -203,10 +203,13 @@ pub async fn run_bench(opts: &BenchOpts) -> Result<Report> {
             progress(opts, &format!("removed stale namespace {ns}"));
         }
     }
-    // Wake-ups are counted while this lives; the symbols are read now, once
-    // the kernel is known to keep a profile.
-    let _schedstats = if opts.profile { Some(profile::check_profiling()?) } else { None };
-    let syms = if opts.profile { Some(crate::sys::kprofile::Kallsyms::read()?) } else { None };
+    // Wake-ups are counted while the guard lives.
+    let (_schedstats, syms) = if opts.profile {
+        let (on, syms) = profile::check_profiling()?;
+        (Some(on), Some(syms))
+    } else {
+        (None, None)
+    };
     let mut base = NetnsGuard::new();
     base.create(&names[2])?;
     base.create(&names[3])?;

@@ -121,8 +121,10 @@ pub fn finish(mark: Mark, end: &End, units: f64) -> Result<Window> {
     Ok(w)
 }
 
-/// Check before the first window that `--profile` can work here.
-pub fn check_profiling() -> Result<kstat::SchedstatsOn> {
+/// Check before the first window that `--profile` can work here: wake-ups
+/// are counted while the returned guard lives, and the symbols name the
+/// profile's functions.
+pub fn check_profiling() -> Result<(kstat::SchedstatsOn, Kallsyms)> {
     if !kprofile::available() {
         return Err(anyhow!(
             "{} missing: --profile needs a kernel with CONFIG_PROFILING booted with profile=2 \
@@ -135,8 +137,8 @@ pub fn check_profiling() -> Result<kstat::SchedstatsOn> {
             "no kernel.sched_schedstats: --profile needs CONFIG_SCHEDSTATS (selftests/vhost_kernel/config.profile)"
         ));
     }
-    Kallsyms::read().context("--profile names functions with /proc/kallsyms")?;
-    kstat::SchedstatsOn::enable()
+    let syms = Kallsyms::read().context("--profile names functions with /proc/kallsyms")?;
+    Ok((kstat::SchedstatsOn::enable()?, syms))
 }
 
 /// One path's windows of one measurement, summed over the repetitions.
@@ -177,6 +179,11 @@ impl Summed {
         s
     }
 
+    /// Tick samples outside the idle loop.
+    fn busy_samples(&self) -> u64 {
+        self.samples - self.idle_samples
+    }
+
     fn per_packet(&self, n: u64) -> Option<f64> {
         (self.packets > 0).then(|| n as f64 / self.packets as f64)
     }
@@ -197,10 +204,7 @@ impl Summed {
             (format!("packets per {}", m.unit), (self.units > 0.0).then(|| self.packets as f64 / self.units)),
             (format!("guest CPU, us per {}", m.unit), per_unit(busy_us)),
             (format!("  of it kernel, us per {}", m.unit), per_unit(kernel_us)),
-            (
-                format!("kernel samples (not idle), us per {}", m.unit),
-                self.us_per_unit(self.samples - self.idle_samples),
-            ),
+            (format!("kernel samples (not idle), us per {}", m.unit), self.us_per_unit(self.busy_samples())),
             ("context switches per packet".into(), self.per_packet(c.context_switches)),
             ("wake-ups per packet".into(), self.per_packet(c.wakeups)),
             ("  of them on another CPU".into(), self.per_packet(c.remote_wakeups)),
@@ -243,7 +247,7 @@ pub fn text(m: &Measurement, vhost: &Summed, veth: &Summed) -> String {
     o += &format!("  top kernel functions by tick samples: us per {} (share of the path's non-idle samples)\n", m.unit);
     o += &format!("  {:<3} {:<34} {:>8} {:>6}   {:<34} {:>8} {:>6}\n", "#", "vhost", "us", "%", "veth", "us", "%");
     let share = |s: &Summed, h: u64| {
-        let busy = s.samples - s.idle_samples;
+        let busy = s.busy_samples();
         if busy > 0 {
             format!("{:.1}", 100.0 * h as f64 / busy as f64)
         } else {

@@ -102,19 +102,22 @@ fn worker_faults(tid: u32, diag: &mut dyn FnMut(String)) -> Result<Vec<String>> 
     Ok(wrong)
 }
 
-/// An errno the check expects, or ENOTTY where the kernel lacks the ioctl
-/// (said as a diagnostic); anything else is a fault.
-fn refused(r: Result<()>, want: Errno, what: &str, diag: &mut dyn FnMut(String)) -> Option<String> {
+/// Whether `e` says the kernel lacks the fork-owner ioctls (ENOTTY without
+/// CONFIG_VHOST_ENABLE_FORK_OWNER_CONTROL); said as a diagnostic.
+fn fork_owner_absent(e: &anyhow::Error, what: &str, diag: &mut dyn FnMut(String)) -> bool {
+    let absent = errno_of(e) == Some(Errno::ENOTTY);
+    if absent {
+        diag(format!("{what}: ENOTTY (CONFIG_VHOST_ENABLE_FORK_OWNER_CONTROL is off)"));
+    }
+    absent
+}
+
+/// `r` must fail with `want`; else the fault, said.
+fn refused(r: Result<()>, want: Errno, what: &str) -> Option<String> {
     match r {
         Ok(()) => Some(format!("{what} succeeded, expected {want}")),
-        Err(e) => match errno_of(&e) {
-            Some(got) if got == want => None,
-            Some(Errno::ENOTTY) if what.contains("FORK_FROM_OWNER") => {
-                diag(format!("{what}: ENOTTY (CONFIG_VHOST_ENABLE_FORK_OWNER_CONTROL is off)"));
-                None
-            }
-            _ => Some(format!("{what}: {e:#}, expected {want}")),
-        },
+        Err(e) if errno_of(&e) == Some(want) => None,
+        Err(e) => Some(format!("{what}: {e:#}, expected {want}")),
     }
 }
 
@@ -127,17 +130,22 @@ fn worker_without_owner_mm(limit: Duration, diag: &mut dyn FnMut(String)) -> Res
 
     let before = tasks_named(&comm)?;
     let v = VhostNetKernel::open()?;
-    let set_task = v.set_fork_from_owner(VHOST_FORK_OWNER_TASK);
-    wrong.extend(refused(set_task, Errno::EOPNOTSUPP, "VHOST_SET_FORK_FROM_OWNER(TASK)", diag));
+    let set = "VHOST_SET_FORK_FROM_OWNER(TASK)";
+    match v.set_fork_from_owner(VHOST_FORK_OWNER_TASK) {
+        Err(e) if fork_owner_absent(&e, set, diag) => {}
+        r => wrong.extend(refused(r, Errno::EOPNOTSUPP, set)),
+    }
     v.set_owner()?;
+    let get = "VHOST_GET_FORK_FROM_OWNER";
     match v.get_fork_from_owner() {
         Ok(VHOST_FORK_OWNER_KTHREAD) => {}
-        Ok(kind) => wrong.push(format!("VHOST_GET_FORK_FROM_OWNER says {kind}, not KTHREAD (0)")),
-        Err(e) => wrong.extend(refused(Err(e), Errno::ENOTTY, "VHOST_GET_FORK_FROM_OWNER", diag)),
+        Ok(kind) => wrong.push(format!("{get} says {kind}, not KTHREAD (0)")),
+        Err(e) if fork_owner_absent(&e, get, diag) => {}
+        Err(e) => wrong.push(format!("{get}: {e:#}")),
     }
     let tid = new_task(&before, &comm, "VHOST_SET_OWNER")?;
     wrong.extend(worker_faults(tid, diag)?);
-    wrong.extend(refused(v.new_worker().map(|_| ()), Errno::EOPNOTSUPP, "VHOST_NEW_WORKER", diag));
+    wrong.extend(refused(v.new_worker().map(|_| ()), Errno::EOPNOTSUPP, "VHOST_NEW_WORKER"));
     drop(v);
     if !wait_gone(tid, limit) {
         wrong.push(format!("the worker (task {tid}) is still there {:.0}s after the close", limit.as_secs_f64()));

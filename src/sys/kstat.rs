@@ -45,35 +45,30 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// `f` applied counter by counter to `self` and `other`.
+    fn zip_with(&self, other: &Counters, f: impl Fn(u64, u64) -> u64) -> Counters {
+        Counters {
+            busy_ticks: f(self.busy_ticks, other.busy_ticks),
+            kernel_ticks: f(self.kernel_ticks, other.kernel_ticks),
+            context_switches: f(self.context_switches, other.context_switches),
+            interrupts: f(self.interrupts, other.interrupts),
+            net_rx_softirqs: f(self.net_rx_softirqs, other.net_rx_softirqs),
+            net_tx_softirqs: f(self.net_tx_softirqs, other.net_tx_softirqs),
+            wakeups: f(self.wakeups, other.wakeups),
+            remote_wakeups: f(self.remote_wakeups, other.remote_wakeups),
+            irq_work_interrupts: f(self.irq_work_interrupts, other.irq_work_interrupts),
+            wake_ipis: f(self.wake_ipis, other.wake_ipis),
+        }
+    }
+
     /// `self - earlier`, counter by counter (0 where a counter went back).
     pub fn since(&self, earlier: &Counters) -> Counters {
-        let d = |a: u64, b: u64| a.saturating_sub(b);
-        Counters {
-            busy_ticks: d(self.busy_ticks, earlier.busy_ticks),
-            kernel_ticks: d(self.kernel_ticks, earlier.kernel_ticks),
-            context_switches: d(self.context_switches, earlier.context_switches),
-            interrupts: d(self.interrupts, earlier.interrupts),
-            net_rx_softirqs: d(self.net_rx_softirqs, earlier.net_rx_softirqs),
-            net_tx_softirqs: d(self.net_tx_softirqs, earlier.net_tx_softirqs),
-            wakeups: d(self.wakeups, earlier.wakeups),
-            remote_wakeups: d(self.remote_wakeups, earlier.remote_wakeups),
-            irq_work_interrupts: d(self.irq_work_interrupts, earlier.irq_work_interrupts),
-            wake_ipis: d(self.wake_ipis, earlier.wake_ipis),
-        }
+        self.zip_with(earlier, u64::saturating_sub)
     }
 
     /// Add `other` (summing windows over repetitions).
     pub fn add(&mut self, other: &Counters) {
-        self.busy_ticks += other.busy_ticks;
-        self.kernel_ticks += other.kernel_ticks;
-        self.context_switches += other.context_switches;
-        self.interrupts += other.interrupts;
-        self.net_rx_softirqs += other.net_rx_softirqs;
-        self.net_tx_softirqs += other.net_tx_softirqs;
-        self.wakeups += other.wakeups;
-        self.remote_wakeups += other.remote_wakeups;
-        self.irq_work_interrupts += other.irq_work_interrupts;
-        self.wake_ipis += other.wake_ipis;
+        *self = self.zip_with(other, |a, b| a + b);
     }
 
     /// Read them all now. Wake-ups stay 0 on a kernel without
